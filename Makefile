@@ -1,0 +1,47 @@
+# greenroom: `make demo` and `make test` set up everything they need on a fresh Debian machine.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+PYTEST_ARGS ?=
+
+.PHONY: test demo bench servers venv lint clean
+
+test: venv servers  ## run the whole test suite against real servers
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: venv servers  ## local Redis + ngircd + prosody, the frontend and the echo backend; Ctrl-C stops all
+	$(BIN)/python -m tests.support.demo
+
+bench: venv servers  ## the benchmark harness (not part of `make test`)
+	bash tests/bench/install.sh
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { $(APT) update -qq && $(APT) install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# The chat and queue servers the tests and the demo start on loopback (never as system services),
+# and Debian's chromium + chromedriver for the dashboard's browser test.
+servers:
+	@missing=""; \
+	for b in redis-server ngircd prosody prosodyctl chromium chromedriver; do \
+	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing="$$missing $$b"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(APT) update -qq && $(APT) install -y -qq redis-server ngircd prosody chromium chromium-driver; \
+	fi
+
+lint: venv
+	$(BIN)/python -m pyflakes frontend backend_sdk tests 2>/dev/null || true
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,102 @@
+"""Pure helpers for the IRC adapter: outgoing lines within 512 bytes, nick fallbacks, case folding.
+
+Everything here is unit-tested byte for byte; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Iterator
+
+from ..text import irc_lines, split_utf8
+
+#: RFC 2812: 512 bytes per line including CRLF
+LINE_LIMIT = 512
+#: what the server prepends when it relays our line: ":nick!user@host " — user and host unknown
+#: until we see our own JOIN, so assume the longest usual ones (USERLEN 10, HOSTLEN 63)
+UNKNOWN_USERHOST_LEN = 1 + 10 + 1 + 63
+
+_RFC1459 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ[]\\~", "abcdefghijklmnopqrstuvwxyz{}|^")
+
+
+def fold(name: str) -> str:
+    """RFC 1459 case folding, how IRC servers compare nicks and channel names."""
+    return name.translate(_RFC1459)
+
+
+def nick_candidates(nick: str) -> Iterator[str]:
+    """The nicks to try when one is taken: nick, nick_, nick__, nick1, nick2, ..."""
+    yield nick
+    yield nick + "_"
+    yield nick + "__"
+    n = 1
+    while True:
+        yield f"{nick}{n}"
+        n += 1
+
+
+def prefix_len(nick: str, userhost_len: int | None) -> int:
+    """Length of ':nick!user@host ' as the server will relay it."""
+    return 1 + len(nick.encode()) + (UNKNOWN_USERHOST_LEN if userhost_len is None else userhost_len) + 1
+
+
+def message_lines(verb: str, target: str, text: str, *, prefix: int, action: bool = False) -> list[bytes]:
+    """PRIVMSG/NOTICE lines for ``text``: sanitised, one per input line, split to fit 512 bytes."""
+    head = f"{verb} {target} :".encode()
+    wrap_len = 9 if action else 0  # \x01ACTION ... \x01
+    budget = LINE_LIMIT - 2 - prefix - len(head) - wrap_len
+    out = []
+    for line in irc_lines(text):
+        for piece in split_utf8(line, budget):
+            body = piece.encode("utf-8")
+            if action:
+                body = b"\x01ACTION " + body + b"\x01"
+            out.append(head + body + b"\r\n")
+    return out
+
+
+def topic_line(channel: str, text: str, *, prefix: int) -> bytes | None:
+    """One TOPIC line: the text's lines joined by spaces, cut to fit."""
+    head = f"TOPIC {channel} :".encode()
+    joined = " ".join(irc_lines(text))
+    if not joined:
+        return None
+    piece = split_utf8(joined, LINE_LIMIT - 2 - prefix - len(head))[0]
+    return head + piece.encode("utf-8") + b"\r\n"
+
+
+def reason_line(head: str, reason: str) -> bytes:
+    """``PART #c :reason`` / ``QUIT :reason``: the reason's first line, cut to fit."""
+    lines = irc_lines(reason)
+    data = f"{head} :".encode()
+    if lines:
+        data += split_utf8(lines[0], LINE_LIMIT - 2 - len(data))[0].encode("utf-8")
+    return data + b"\r\n"
+
+
+def join_lines(channels: list[tuple[str, str | None]]) -> list[bytes]:
+    """JOIN lines for (channel, key) pairs, several channels per line (keyed ones first)."""
+    keyed = [(c, k) for c, k in channels if k]
+    plain = [c for c, k in channels if not k]
+    lines: list[bytes] = []
+    for start in range(0, len(keyed), 10):
+        part = keyed[start:start + 10]
+        lines.append(("JOIN %s %s\r\n" % (",".join(c for c, _ in part), ",".join(k for _, k in part))).encode())
+    batch: list[str] = []
+    for channel in plain:
+        if batch and len(",".join(batch)) + len(channel) > 400:
+            lines.append(("JOIN %s\r\n" % ",".join(batch)).encode())
+            batch = []
+        batch.append(channel)
+    if batch:
+        lines.append(("JOIN %s\r\n" % ",".join(batch)).encode())
+    return lines
+
+
+def sasl_plain_lines(username: str, password: str) -> list[bytes]:
+    """AUTHENTICATE lines carrying the PLAIN credentials, in 400-byte chunks (IRCv3 SASL)."""
+    blob = base64.b64encode(f"{username}\0{username}\0{password}".encode()).decode()
+    chunks = [blob[i:i + 400] for i in range(0, len(blob), 400)] or ["+"]
+    if len(chunks[-1]) == 400:
+        chunks.append("+")
+    return [f"AUTHENTICATE {c}\r\n".encode() for c in chunks]

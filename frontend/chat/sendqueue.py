@@ -1,0 +1,162 @@
+"""A connection's outgoing lines: one bounded queue per room, served round-robin under a token bucket.
+
+Rooms sharing a connection get their lines out fairly: the writer takes one line from each ready room
+in turn, so one chatty room cannot starve another. Only rooms that are *enabled* (joined) are
+served; the lines of a room that is (re)joining wait. A line whose deadline passed when its turn comes
+is dropped as ``stale``; past ``max_per_room`` queued lines the oldest are dropped as ``flood_dropped``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Callable, Hashable
+
+import gevent.event
+
+from ..pacing import TokenBucket
+from ..protocol import Command
+
+log = logging.getLogger(__name__)
+
+
+class OutLine:
+    """One protocol line (bytes, CRLF-terminated) and what to do once it is written."""
+
+    __slots__ = ("data", "command", "deadline", "on_sent")
+
+    def __init__(self, data: Any, command: Command | None = None, deadline: float = float("inf"),
+                 on_sent: Callable[[], None] | None = None) -> None:
+        self.data = data
+        self.command = command  # set on a command's last line only: acknowledged once that is sent
+        self.deadline = deadline
+        self.on_sent = on_sent
+
+
+DropHandler = Callable[[Hashable, OutLine, str], None]
+
+
+class SendQueue:
+    """Per-room FIFO queues, round-robin service, optional token bucket."""
+
+    def __init__(self, bucket: TokenBucket | None, max_per_room: int, on_drop: DropHandler) -> None:
+        self.bucket = bucket
+        self.max_per_room = max_per_room
+        self._on_drop = on_drop
+        self._queues: dict[Hashable, deque[OutLine]] = {}
+        self._enabled: set[Hashable] = set()
+        self._ready: deque[Hashable] = deque()
+        self._in_ready: set[Hashable] = set()
+        self.wake = gevent.event.Event()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def has_ready(self) -> bool:
+        """True while some enabled room has lines waiting."""
+        return any(self._queues.get(r) for r in self._ready if r in self._enabled)
+
+    def depth(self, room: Hashable) -> int:
+        q = self._queues.get(room)
+        return len(q) if q else 0
+
+    def put(self, room: Hashable, line: OutLine) -> None:
+        q = self._queues.get(room)
+        if q is None:
+            q = self._queues[room] = deque()
+        if len(q) >= self.max_per_room:
+            self._on_drop(room, q.popleft(), "flood_dropped")
+        q.append(line)
+        self._mark_ready(room)
+
+    def put_front(self, items: list[tuple[Hashable, OutLine]]) -> None:
+        """Give back lines taken for a write that failed, keeping their order."""
+        for room, line in reversed(items):
+            self._queues.setdefault(room, deque()).appendleft(line)
+            self._mark_ready(room)
+
+    def enable(self, room: Hashable) -> None:
+        self._enabled.add(room)
+        self._mark_ready(room)
+
+    def disable(self, room: Hashable) -> None:
+        self._enabled.discard(room)
+
+    def remove(self, room: Hashable) -> list[OutLine]:
+        """Forget a room; returns its unsent lines."""
+        self._enabled.discard(room)
+        return list(self._queues.pop(room, ()))
+
+    def _mark_ready(self, room: Hashable) -> None:
+        if room in self._enabled and room not in self._in_ready and self._queues.get(room):
+            self._in_ready.add(room)
+            self._ready.append(room)
+            self.wake.set()
+
+    def take(self, limit: int) -> tuple[list[tuple[Hashable, OutLine]], float]:
+        """Up to ``limit`` lines due now, fairly across rooms; and seconds until the next token
+        when lines are waiting for one (else 0.0)."""
+        out: list[tuple[Hashable, OutLine]] = []
+        now = time.time()
+        while self._ready and len(out) < limit:
+            room = self._ready[0]
+            q = self._queues.get(room)
+            if not q or room not in self._enabled:
+                self._ready.popleft()
+                self._in_ready.discard(room)
+                continue
+            if q[0].deadline < now:
+                self._on_drop(room, q.popleft(), "stale")
+                continue
+            if self.bucket is not None:
+                wait = self.bucket.take()
+                if wait > 0:
+                    return out, wait
+            self._ready.popleft()
+            out.append((room, q.popleft()))
+            if q:
+                self._ready.append(room)
+            else:
+                self._in_ready.discard(room)
+        return out, 0.0
+
+
+# ------------------------------------------------------------ what adapters tell rooms about lines
+
+
+def queue_command(queue: SendQueue, key: Hashable, room: Any, command: Command, items: list[Any],
+                  max_line_age: float) -> None:
+    """Queue a command's protocol items; the last carries the command, acked once it is delivered.
+
+    A command with nothing printable is answered with an ``error`` and acked at once.
+    """
+    if not items:
+        room.emit("error", code="bad_command", detail="text has nothing printable to send",
+                  cmd_id=command.cmd_id)
+        room.ack(command)
+        return
+    deadline = command.expires if command.expires is not None else command.received + max_line_age
+    last = len(items) - 1
+    for i, item in enumerate(items):
+        queue.put(key, OutLine(item, command if i == last else None, deadline))
+
+
+def report_drop(room: Any, line: OutLine, code: str, max_per_room: int) -> None:
+    """A queued line was dropped (``stale`` or ``flood_dropped``): the room's backend hears why."""
+    if line.command is None:
+        return
+    detail = ("older than its deadline when its turn came" if code == "stale"
+              else f"more than {max_per_room} lines queued for the room")
+    log.warning("room %s: dropped a line (%s)", room.id, code)
+    room.emit("error", code=code, detail=detail, cmd_id=line.command.cmd_id)
+    room.ack(line.command)
+
+
+def report_unsent(room: Any, lines: list[OutLine]) -> None:
+    """The room was parted with these lines still queued: each command gets ``not_sent``."""
+    for line in lines:
+        if line.command is not None:
+            room.emit("error", code="not_sent", detail="the room was parted before this was sent",
+                      cmd_id=line.command.cmd_id)
+            room.ack(line.command)

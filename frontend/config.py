@@ -1,0 +1,176 @@
+"""Configuration flows one way: TOML file -> GREENROOM_* environment -> CLI flags -> one frozen Settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _default_frontend_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the daemon, with its default next to its meaning."""
+
+    #: Redis URL: redis://[:password@]host:port/db, rediss:// for TLS, unix:///path.sock
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: prepended to every Redis key (e.g. "prod:")
+    key_prefix: str = ""
+    #: this process's id; names the Redis keys it owns (in-flight list, heartbeat)
+    frontend_id: str = field(default_factory=_default_frontend_id)
+    #: seconds between heartbeats (`frontends:<id>`, expiring after three intervals)
+    heartbeat_interval: float = 5.0
+    #: seconds between scans for stranded in-flight commands and dead frontends' in-flight lists
+    recovery_interval: float = 30.0
+    #: when an IRC line counts as delivered where the server lacks echo-message: "pong" (a PING
+    #: written after it was answered: nothing lost if the process or link dies; one PING per batch)
+    #: or "write" (once written to the socket: cheaper, loses what sat in socket buffers)
+    irc_ack: str = "pong"
+    #: a command's text limit in UTF-8 bytes; larger commands are rejected as bad_command
+    max_text_bytes: int = 16384
+    #: seconds a blocking pop of `control` waits before it looks at the stop flag again
+    control_block_timeout: float = 1.0
+    #: most commands taken from `control` in one round trip after a blocking pop
+    control_drain: int = 500
+    #: most events written to Redis in one pipelined round trip
+    event_batch: int = 1000
+    #: events kept in memory while Redis is unreachable; past it the oldest are dropped (counted)
+    event_buffer: int = 100_000
+    #: first and largest delay between reconnects (chat servers and Redis), seconds; full jitter
+    reconnect_min: float = 1.0
+    reconnect_max: float = 300.0
+    #: a connection that stayed up this long resets its backoff
+    reconnect_reset_after: float = 60.0
+    #: delay before a kicked room rejoins, seconds
+    rejoin_delay: float = 10.0
+    #: new connections per second per chat server (0: unlimited)
+    connect_rate: float = 20.0
+    #: seconds to wait for a TCP/TLS connect and for registration
+    connect_timeout: float = 30.0
+    #: a silent connection is PINGed after this many seconds, and dropped when the PONG is late
+    ping_interval: float = 120.0
+    ping_timeout: float = 30.0
+    #: default flood control for IRC: a burst of lines, then `flood_rate` lines per second
+    flood_burst: int = 5
+    flood_rate: float = 0.5
+    #: unsent lines kept per room; past it the oldest are dropped with an error `flood_dropped`
+    room_queue_max: int = 1000
+    #: a say/action older than this many seconds when its turn comes is dropped as `stale`
+    max_line_age: float = 300.0
+    #: most rooms sharing one IRC connection (a new connection, with a suffixed nick, past it)
+    channels_per_connection: int = 50
+    #: seconds a graceful stop may take before stragglers are killed
+    shutdown_timeout: float = 4.0
+    #: log level and format (text or json)
+    log_level: str = "INFO"
+    log_format: str = "text"
+    #: host:port of the Prometheus /metrics, /healthz and /readyz server (empty: off)
+    metrics_addr: str = "127.0.0.1:9478"
+    #: /readyz answers 200 once this share of the rooms in the registry is joined
+    ready_share: float = 0.95
+    #: /healthz answers 503 when Redis has not answered for this many seconds
+    health_redis_age: float = 10.0
+    #: host:port of `greenroom web`, the dashboard (binds loopback by default)
+    web_addr: str = "127.0.0.1:9479"
+    #: the token the dashboard asks for before any action (join, part, requeue, purge); empty: read-only
+    web_token: str = ""
+    #: per chat server overrides: {"irc.example.org": {"flood_burst": 10, "flood_rate": 1.0, "connect_rate": 5}}
+    servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def for_server(self, server: str, name: str) -> Any:
+        """A setting with the per-server override applied."""
+        return self.servers.get(server, {}).get(name, getattr(self, name))
+
+    def redacted_redis_url(self) -> str:
+        """The Redis URL with its password masked, for logs."""
+        return redact_url(self.redis_url)
+
+
+def redact_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0] if ":" in creds else ""
+    return f"{scheme}://{user}:***@{host}"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = type(getattr(Settings(frontend_id="x"), name))
+    if name == "servers":
+        if not isinstance(value, Mapping):
+            raise ConfigError("'servers' must be a table of server name -> overrides")
+        return {str(k): dict(v) for k, v in value.items()}
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind in (int, float):
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return kind(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r}: {value!r} is not a valid {kind.__name__}") from None
+
+
+def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build Settings from a TOML file, then ``GREENROOM_*`` variables, then explicit overrides."""
+    values: dict[str, Any] = {}
+    env = os.environ if env is None else env
+    path = path or env.get("GREENROOM_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, value in data.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {key!r}")
+            values[key] = _coerce(key, value)
+    for name in _FIELDS:
+        if name == "servers":
+            continue
+        raw = env.get("GREENROOM_" + name.upper())
+        if raw is not None and raw != "":
+            values[name] = _coerce(name, raw)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            if name not in _FIELDS:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name] = _coerce(name, value)
+    settings = Settings(**values)
+    if settings.irc_ack not in ("pong", "write"):
+        raise ConfigError("irc_ack must be 'pong' or 'write'")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be 'text' or 'json'")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.log_level!r}")
+    if not 0.0 <= settings.ready_share <= 1.0:
+        raise ConfigError("ready_share must be between 0 and 1")
+    for name in ("metrics_addr", "web_addr"):
+        addr = getattr(settings, name)
+        if addr and not addr.rpartition(":")[2].isdigit():
+            raise ConfigError(f"{name} must be host:port (or empty for off), not {addr!r}")
+    return settings

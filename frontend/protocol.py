@@ -1,0 +1,363 @@
+"""The wire contract in code (PROTOCOL.md): decode, validate and encode commands, specs and events.
+
+Pure: no gevent, no Redis. ``backend_sdk`` validates with the same functions before it pushes, so a
+command the SDK accepts is a command the frontend accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+import ujson
+
+from .errors import ProtocolError
+
+COMMAND_TYPES = frozenset({"join", "part", "say", "action", "topic", "ping"})
+TEXT_COMMANDS = frozenset({"say", "action", "topic"})
+EVENT_TYPES = frozenset(
+    {
+        "message", "action", "joined", "parted", "user_joined", "user_left",
+        "topic", "kicked", "error", "pong",
+    }
+)
+PROTOCOLS = ("irc", "xmpp")
+
+#: default limit of a command's ``text`` in UTF-8 bytes
+MAX_TEXT_BYTES = 16384
+MAX_ID_LEN = 200
+
+_ROOM_ID_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
+# A nick starts with a letter or one of RFC 2812's specials; never with a channel, STATUSMSG (@%~&+)
+# or mask ($) prefix, so a target can only ever be one person. Later characters: no separators.
+_NICK_RE = re.compile(r"^(?:[^\W\d]|[\[\]\\`^{|}])[^\s,*?!@:\x00-\x1f\x7f]*$")
+_CHANNEL_RE = re.compile(r"^[#&+!][^\s,\x00-\x1f\x7f]{1,199}$")
+_JID_RE = re.compile(r"^[^@/\s]+@[^@/\s]+$")
+
+
+def encode(obj: Mapping[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, the encoding of every list item."""
+    return ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False).encode("utf-8")
+
+
+def decode(raw: bytes | str) -> Any:
+    """Decode one list item; raises ProtocolError(``bad_command``) when it is not JSON."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+        return ujson.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("bad_command", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError("bad_command", f"not JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class Flood:
+    """Token bucket settings: ``burst`` lines at once, then ``rate`` lines per second."""
+
+    burst: int
+    rate: float
+
+
+@dataclass(frozen=True)
+class IrcSpec:
+    """Where and how an IRC room joins. Secrets are kept out of ``repr``."""
+
+    server: str
+    port: int
+    tls: bool
+    nick: str
+    channel: str
+    key: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    tls_verify: bool = True
+    share: bool = True
+    flood: Flood | bool | None = None  # None: the configured default; False: off
+    tenant: str | None = None
+    events: str | None = None
+    protocol: str = "irc"
+
+    def connection_key(self) -> tuple:
+        """Rooms whose keys are equal may share one connection."""
+        return ("irc", self.server.lower(), self.port, self.tls, self.nick, self.password,
+                self.sasl_username, self.sasl_password)
+
+
+@dataclass(frozen=True)
+class XmppSpec:
+    """Where and how an XMPP multi-user chat room joins. Secrets are kept out of ``repr``."""
+
+    jid: str
+    password: str = field(repr=False)
+    muc: str
+    nick: str
+    host: str | None = None
+    port: int = 5222
+    tls: bool = True
+    room_password: str | None = field(default=None, repr=False)
+    share: bool = True
+    flood: Flood | bool | None = None
+    tenant: str | None = None
+    events: str | None = None
+    protocol: str = "xmpp"
+
+    def connection_key(self) -> tuple:
+        return ("xmpp", self.jid.lower(), self.password, self.host, self.port, self.tls)
+
+
+Spec = Union[IrcSpec, XmppSpec]
+
+_COMMON_SPEC_KEYS = {"protocol", "tenant", "events", "flood", "share"}
+_IRC_KEYS = _COMMON_SPEC_KEYS | {"server", "port", "tls", "tls_verify", "nick", "channel", "key",
+                                 "password", "sasl"}
+_XMPP_KEYS = _COMMON_SPEC_KEYS | {"jid", "password", "muc", "nick", "host", "port", "tls",
+                                  "room_password"}
+
+
+def _opt_str(spec: Mapping[str, Any], name: str, *, limit: int = 400) -> str | None:
+    value = spec.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError("bad_command", f"spec field {name!r} must be a string or null")
+    if len(value) > limit or "\x00" in value or "\r" in value or "\n" in value:
+        raise ProtocolError("bad_command", f"spec field {name!r} is too long or has CR/LF/NUL")
+    return value
+
+
+def _req_str(spec: Mapping[str, Any], name: str) -> str:
+    value = _opt_str(spec, name)
+    if not value:
+        raise ProtocolError("bad_command", f"spec field {name!r} is required")
+    return value
+
+
+def _bool(spec: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = spec.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ProtocolError("bad_command", f"spec field {name!r} must be true or false")
+    return value
+
+
+def _port(spec: Mapping[str, Any], default: int) -> int:
+    value = spec.get("port")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise ProtocolError("bad_command", "spec field 'port' must be an integer 1-65535")
+    return value
+
+
+def _flood(spec: Mapping[str, Any]) -> Flood | bool | None:
+    value = spec.get("flood")
+    if value is None or value is False:
+        return value
+    if value is True:
+        return None
+    if isinstance(value, dict) and set(value) <= {"burst", "rate"}:
+        burst, rate = value.get("burst", 5), value.get("rate", 0.5)
+        if (isinstance(burst, int) and not isinstance(burst, bool) and burst >= 1
+                and isinstance(rate, (int, float)) and not isinstance(rate, bool) and rate > 0):
+            return Flood(burst=burst, rate=float(rate))
+    raise ProtocolError(
+        "bad_command", "spec field 'flood' must be false or {\"burst\": int >= 1, \"rate\": > 0}")
+
+
+def _common(spec: Mapping[str, Any]) -> dict[str, Any]:
+    events = _opt_str(spec, "events", limit=MAX_ID_LEN)
+    if events is not None and (not events or _ROOM_ID_BAD.search(events)):
+        raise ProtocolError("bad_command", "spec field 'events' must be a list name without spaces")
+    return {
+        "tenant": _opt_str(spec, "tenant", limit=MAX_ID_LEN),
+        "events": events,
+        "flood": _flood(spec),
+        "share": _bool(spec, "share", True),
+    }
+
+
+def parse_spec(spec: Any) -> Spec:
+    """Validate a room spec (the ``spec`` of a ``join``) and return it typed."""
+    if not isinstance(spec, dict):
+        raise ProtocolError("bad_command", "'spec' must be an object")
+    protocol = spec.get("protocol")
+    if protocol not in PROTOCOLS:
+        raise ProtocolError("bad_command", f"spec 'protocol' must be one of {', '.join(PROTOCOLS)}")
+    allowed = _IRC_KEYS if protocol == "irc" else _XMPP_KEYS
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise ProtocolError("bad_command", f"unknown spec key {unknown[0]!r} for {protocol}")
+    return _parse_irc(spec) if protocol == "irc" else _parse_xmpp(spec)
+
+
+def _parse_irc(spec: Mapping[str, Any]) -> IrcSpec:
+    tls = _bool(spec, "tls", False)
+    nick = _req_str(spec, "nick")
+    if not _NICK_RE.match(nick) or len(nick.encode()) > 64:
+        raise ProtocolError("bad_command", f"spec field 'nick' is not a valid nick: {nick!r}")
+    channel = _req_str(spec, "channel")
+    if not _CHANNEL_RE.match(channel) or "\x07" in channel:
+        raise ProtocolError("bad_command", f"spec field 'channel' is not a channel name: {channel!r}")
+    key = _opt_str(spec, "key", limit=100)
+    if key is not None and (" " in key or "," in key):
+        raise ProtocolError("bad_command", "spec field 'key' must not contain spaces or commas")
+    password = _opt_str(spec, "password")
+    if password is not None and " " in password:
+        raise ProtocolError("bad_command", "spec field 'password' must not contain spaces")
+    sasl = spec.get("sasl")
+    sasl_user = sasl_pass = None
+    if sasl is not None:
+        if not isinstance(sasl, dict) or set(sasl) != {"username", "password"}:
+            raise ProtocolError("bad_command", "spec field 'sasl' must be {\"username\", \"password\"}")
+        sasl_user = _req_str(sasl, "username")
+        sasl_pass = _req_str(sasl, "password")
+    server = _req_str(spec, "server")
+    if " " in server:
+        raise ProtocolError("bad_command", "spec field 'server' must not contain spaces")
+    return IrcSpec(
+        server=server, port=_port(spec, 6697 if tls else 6667), tls=tls, nick=nick,
+        channel=channel, key=key, password=password, sasl_username=sasl_user,
+        sasl_password=sasl_pass, tls_verify=_bool(spec, "tls_verify", True), **_common(spec),
+    )
+
+
+def _parse_xmpp(spec: Mapping[str, Any]) -> XmppSpec:
+    jid = _req_str(spec, "jid")
+    if not _JID_RE.match(jid):
+        raise ProtocolError("bad_command", f"spec field 'jid' must be a bare JID user@host: {jid!r}")
+    muc = _req_str(spec, "muc")
+    if not _JID_RE.match(muc):
+        raise ProtocolError("bad_command", f"spec field 'muc' must be a room JID room@host: {muc!r}")
+    nick = _req_str(spec, "nick")
+    if _ROOM_ID_BAD.sub("", nick) != nick.replace(" ", "") or len(nick.encode()) > 256:
+        raise ProtocolError("bad_command", "spec field 'nick' has control characters or is too long")
+    return XmppSpec(
+        jid=jid, password=_req_str(spec, "password"), muc=muc, nick=nick,
+        host=_opt_str(spec, "host"), port=_port(spec, 5222), tls=_bool(spec, "tls", True),
+        room_password=_opt_str(spec, "room_password"), **_common(spec),
+    )
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+@dataclass(slots=True, eq=False)
+class Command:
+    """One validated command. ``raw`` is the item as popped (the in-flight list holds it).
+
+    Slotted and not frozen: one is built per command on the hot path (treat it as read-only)."""
+
+    type: str
+    room: str
+    cmd_id: str | int | None = None
+    text: str | None = None
+    to: str | None = None
+    reason: str | None = None
+    spec: Spec | None = None
+    spec_json: dict | None = field(default=None, repr=False)
+    expires: float | None = None
+    received: float = 0.0
+    raw: bytes = field(default=b"", repr=False, compare=False)
+
+
+def _check_id(obj: Mapping[str, Any]) -> str:
+    room = obj.get("room")
+    if not isinstance(room, str) or not room:
+        raise ProtocolError("bad_command", "missing field 'room' (a non-empty string)")
+    if len(room) > MAX_ID_LEN or _ROOM_ID_BAD.search(room):
+        raise ProtocolError("bad_command", "field 'room' is too long or has spaces/control characters")
+    return room
+
+
+def _check_cmd_id(obj: Mapping[str, Any]) -> str | int | None:
+    cmd_id = obj.get("cmd_id")
+    if cmd_id is None or (isinstance(cmd_id, int) and not isinstance(cmd_id, bool)):
+        return cmd_id
+    if isinstance(cmd_id, str) and len(cmd_id) <= MAX_ID_LEN:
+        return cmd_id
+    raise ProtocolError("bad_command", "field 'cmd_id' must be a string (<= 200 chars) or integer")
+
+
+def check_text(text: Any, max_bytes: int = MAX_TEXT_BYTES, *, name: str = "text") -> str:
+    """A command's text: a string of at most ``max_bytes`` UTF-8 bytes."""
+    if not isinstance(text, str):
+        raise ProtocolError("bad_command", f"missing field {name!r} (a string)")
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise ProtocolError("bad_command", f"{name} is {size} bytes, the limit is {max_bytes}")
+    return text
+
+
+def check_target(to: Any) -> str:
+    """A private message target: one plain nick, so it can never smuggle protocol syntax."""
+    if not isinstance(to, str) or not to:
+        raise ProtocolError("bad_command", "field 'to' must be a non-empty string")
+    if not _NICK_RE.match(to) or len(to.encode()) > 64:
+        raise ProtocolError("bad_command", f"field 'to' is not a plain nick: {to!r}")
+    return to
+
+
+def validate_command(obj: Any, *, max_text_bytes: int = MAX_TEXT_BYTES, raw: bytes = b"",
+                     now: float | None = None, auto_id: bool = False) -> Command:
+    """Validate a decoded command object; raises ProtocolError with a precise detail.
+
+    With ``auto_id``, a command without ``cmd_id`` gets one derived from ``raw``.
+    """
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_command", f"a command must be a JSON object, not {type(obj).__name__}")
+    ctype = obj.get("type")
+    if not isinstance(ctype, str) or ctype not in COMMAND_TYPES:
+        raise ProtocolError(
+            "bad_command",
+            f"unknown type {ctype!r}" if ctype is not None else "missing field 'type'")
+    room = _check_id(obj)
+    cmd_id = _check_cmd_id(obj)
+    if cmd_id is None and auto_id:
+        cmd_id = "auto-" + hashlib.blake2b(raw, digest_size=8).hexdigest()
+    fields: dict[str, Any] = {"cmd_id": cmd_id}
+    if ctype == "join":
+        fields["spec"] = parse_spec(obj.get("spec"))
+        fields["spec_json"] = obj["spec"]
+    elif ctype in TEXT_COMMANDS:
+        fields["text"] = check_text(obj.get("text"), max_text_bytes)
+        if ctype != "topic" and obj.get("to") is not None:
+            fields["to"] = check_target(obj["to"])
+        expires = obj.get("expires")
+        if expires is not None:
+            if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+                raise ProtocolError("bad_command", "field 'expires' must be a unix timestamp")
+            fields["expires"] = float(expires)
+    elif ctype == "part":
+        reason = obj.get("reason")
+        if reason is not None:
+            fields["reason"] = check_text(reason, 400, name="reason")
+    return Command(type=ctype, room=room, received=time.time() if now is None else now, raw=raw,
+                   **fields)
+
+
+def parse_command(raw: bytes, *, max_text_bytes: int = MAX_TEXT_BYTES) -> Command:
+    """Decode and validate one item popped from ``control``.
+
+    A command without ``cmd_id`` gets one derived from its bytes (``auto-<hash>``): stable when the
+    same item is delivered again after a crash, so duplicates are visible in the events.
+    """
+    return validate_command(decode(raw), max_text_bytes=max_text_bytes, raw=raw, auto_id=True)
+
+
+def dead_letter(raw: bytes, code: str, detail: str, frontend: str) -> bytes:
+    """The ``control:dead`` item for a rejected command."""
+    return encode({
+        "error": {"code": code, "detail": detail},
+        "raw": raw.decode("utf-8", "replace"),
+        "frontend": frontend,
+        "ts": time.time(),
+    })

@@ -1,0 +1,1 @@
+"""The `greenroom web` dashboard (Flask + Jinja templates, no JavaScript build step)."""

@@ -1,0 +1,119 @@
+"""Running a frontend in tests: in-process (fast, inspectable) or as a real `greenroom run` process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Iterator
+
+import redis
+import ujson
+
+from frontend.app import Frontend
+from frontend.config import load_settings
+
+#: settings that make tests fast: no connect pacing, short backoffs, no flood control by default
+FAST = {
+    "connect_rate": 0, "reconnect_min": 0.2, "reconnect_max": 2.0, "rejoin_delay": 0.5,
+    "shutdown_timeout": 4.0, "flood_rate": 0, "control_block_timeout": 0.5, "metrics_addr": "",
+}
+
+
+@contextlib.contextmanager
+def running_frontend(redis_url: str, frontend_id: str = "test-fe", **overrides: Any) -> Iterator[Frontend]:
+    """A Frontend started in this process (gevent-patched by conftest) and always stopped."""
+    settings = load_settings(env={}, overrides={"redis_url": redis_url, "frontend_id": frontend_id,
+                                                **FAST, **overrides})
+    frontend = Frontend(settings)
+    frontend.start()
+    try:
+        yield frontend
+    finally:
+        frontend.stop()
+
+
+class FrontendProcess:
+    """`greenroom run` as a child process, its log in a file."""
+
+    def __init__(self, redis_url: str, log_path: str, frontend_id: str = "test-proc", **env: Any) -> None:
+        self.redis_url = redis_url
+        self.log_path = log_path
+        self.env = {**os.environ, "GREENROOM_REDIS_URL": redis_url, "GREENROOM_FRONTEND_ID": frontend_id,
+                    **{f"GREENROOM_{k.upper()}": str(v) for k, v in {**FAST, **env}.items()}}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "FrontendProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "frontend.cli", "run"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit status, seconds it took)."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+
+class Events:
+    """Pops events from a list and hands out the ones a test waits for, in arrival order.
+
+    An event not matched yet stays available to later waits, so a test may wait for events in any
+    order; ``seen`` keeps everything popped.
+    """
+
+    def __init__(self, client: redis.Redis, key: str = "messages") -> None:
+        self.client = client
+        self.key = key
+        self.seen: list[dict] = []
+        self._unmatched: list[dict] = []
+
+    def _pop(self, timeout: float) -> None:
+        # short blocks: the client's socket timeout must stay above the block time
+        item = self.client.blpop([self.key], timeout=min(2.0, max(0.01, timeout)))
+        if item is not None:
+            event = ujson.loads(item[1])
+            self.seen.append(event)
+            self._unmatched.append(event)
+
+    def wait(self, timeout: float = 10.0, **match: Any) -> dict:
+        """The oldest event not handed out yet whose fields equal ``match``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, event in enumerate(self._unmatched):
+                if all(event.get(k) == v for k, v in match.items()):
+                    return self._unmatched.pop(i)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no event matching {match} within {timeout}s; "
+                                     f"last seen: {self.seen[-10:]}")
+            self._pop(left)
+
+    def wait_many(self, n: int, timeout: float = 30.0, **match: Any) -> list[dict]:
+        return [self.wait(timeout, **match) for _ in range(n)]
+
+
+def irc_spec(server: Any, channel: str, nick: str = "bot", **extra: Any) -> dict:
+    """A join spec for the ngircd test server."""
+    return {"protocol": "irc", "server": server.host, "port": server.port, "tls": False, "nick": nick,
+            "channel": channel, "flood": False, **extra}
+
+
+def push(client: redis.Redis, *commands: dict | bytes | str, key: str = "control") -> None:
+    client.rpush(key, *[c if isinstance(c, (bytes, str)) else ujson.dumps(c) for c in commands])

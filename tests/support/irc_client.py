@@ -1,0 +1,273 @@
+"""A raw-socket IRC client for tests: it records exactly what the server sends, line by line.
+
+A background reader (a real thread, or a greenlet once gevent has monkey-patched ``threading``)
+appends every line to ``lines`` and answers PING. Waits use a ``threading.Condition``.
+
+``expect()`` works on a cursor: it scans the lines after the cursor, returns the first match and
+moves the cursor just past it, so every line up to the match counts as consumed and is never matched
+again (it also checks the order in which things arrived). ``connect()`` and ``join()`` move the cursor
+too (past 001 and 366); ``lines`` always keeps everything.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Pattern, Union
+
+CONNECT_TIMEOUT = 10.0
+
+#: numerics/commands that end a registration attempt without 001
+_REGISTRATION_ERRORS = {"432", "433", "436", "464", "465", "ERROR"}
+#: numerics that refuse a JOIN
+_JOIN_ERRORS = {"403", "405", "437", "471", "473", "474", "475", "476", "477", "489"}
+
+
+@dataclass
+class IrcLine:
+    """One line from the server, parsed (IRCv3 tags, if any, are dropped)."""
+
+    raw: str
+    prefix: str = ""
+    nick: str = ""
+    command: str = ""
+    params: list[str] = field(default_factory=list)
+    text: str = ""  # the last parameter, or ""
+
+
+def parse_line(raw: str) -> IrcLine:
+    """Split ``[@tags] [:prefix] COMMAND params... [:trailing]``."""
+    rest = raw
+    if rest.startswith("@"):
+        _, _, rest = rest.partition(" ")
+    prefix = ""
+    if rest.startswith(":"):
+        prefix, _, rest = rest[1:].partition(" ")
+    rest = rest.lstrip(" ")
+    trailing: Optional[str] = None
+    if " :" in rest:
+        rest, _, trailing = rest.partition(" :")
+    elif rest.startswith(":"):
+        rest, trailing = "", rest[1:]
+    words = rest.split()
+    command = words[0].upper() if words else ""
+    params = words[1:] + ([trailing] if trailing is not None else [])
+    return IrcLine(raw=raw, prefix=prefix, nick=prefix.split("!", 1)[0].split("@", 1)[0] if prefix else "",
+                   command=command, params=params, text=params[-1] if params else "")
+
+
+Matcher = Union[str, Pattern[str], Callable[[IrcLine], bool]]
+
+
+def _predicate(pattern: Matcher) -> Callable[[IrcLine], bool]:
+    if callable(pattern) and not isinstance(pattern, re.Pattern):
+        return pattern
+    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    return lambda line: regex.search(line.raw) is not None
+
+
+class IrcTestClient:
+    """A test user on an IRC server: ``connect()``, ``join()``, ``privmsg()``, ``expect()``."""
+
+    def __init__(self, host: str, port: int, nick: str, password: Optional[str] = None,
+                 username: Optional[str] = None, realname: str = "greenroom test client") -> None:
+        self.host, self.port = host, port
+        self.nick = nick
+        self.password = password
+        self.username = username or nick[:10]
+        self.realname = realname
+        self.lines: list[str] = []
+        self.parsed: list[IrcLine] = []
+        self.closed = False  # the connection ended (EOF, error or close())
+        self._cursor = 0
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._sock: Optional[socket.socket] = None
+        self._reader: Optional[threading.Thread] = None
+
+    # -- connection ----------------------------------------------------------------------------------
+    def connect(self, timeout: float = CONNECT_TIMEOUT) -> "IrcTestClient":
+        """Connect (retrying "connection refused"), register, return after 001."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=max(0.1, deadline - time.monotonic()))
+                break
+            except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)  # the listen backlog is full or the server is still starting
+        sock.settimeout(None)
+        self._sock = sock
+        self._reader = threading.Thread(target=self._read_loop, name=f"irc-reader-{self.nick}", daemon=True)
+        self._reader.start()
+        try:
+            if self.password:
+                self.send_raw(f"PASS {self.password}")
+            self.send_raw(f"NICK {self.nick}")
+            self.send_raw(f"USER {self.username} 0 * :{self.realname}")
+            reply = self.expect(lambda ln: ln.command == "001" or ln.command in _REGISTRATION_ERRORS,
+                                timeout=max(0.1, deadline - time.monotonic()))
+            if reply.command != "001":
+                raise AssertionError(f"{self.nick}: registration refused: {reply.raw}")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self, message: str = "bye") -> None:
+        """QUIT and close the socket (idempotent)."""
+        sock = self._sock
+        if sock is None:
+            return
+        if not self.closed:
+            try:
+                self.send_raw(f"QUIT :{message}")
+            except OSError:
+                pass
+            with self._cond:  # the server answers QUIT with ERROR and closes the connection
+                self._cond.wait_for(lambda: self.closed, timeout=2.0)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in recv() (plain threads)
+        except OSError:
+            pass
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(2.0)
+        sock.close()
+        self._sock = None
+
+    def __enter__(self) -> "IrcTestClient":
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending ------------------------------------------------------------------------------------
+    def send_raw(self, line: str) -> None:
+        """Send ``line`` + CRLF as UTF-8, unchanged otherwise."""
+        if self._sock is None:
+            raise AssertionError(f"{self.nick}: not connected")
+        with self._send_lock:
+            self._sock.sendall(line.encode("utf-8") + b"\r\n")
+
+    def privmsg(self, target: str, text: str) -> None:
+        self.send_raw(f"PRIVMSG {target} :{text}")
+
+    def join(self, channel: str, key: Optional[str] = None, timeout: float = 10.0) -> IrcLine:
+        """JOIN and return the end of the NAMES list (366); a refusal raises AssertionError."""
+        self.send_raw(f"JOIN {channel} {key}" if key else f"JOIN {channel}")
+        wanted = channel.lower()
+
+        def done(ln: IrcLine) -> bool:
+            if ln.command == "366":
+                return len(ln.params) > 1 and ln.params[1].lower() == wanted
+            return ln.command in _JOIN_ERRORS and len(ln.params) > 1 and ln.params[1].lower() == wanted
+
+        reply = self.expect(done, timeout=timeout)
+        if reply.command != "366":
+            raise AssertionError(f"{self.nick}: JOIN {channel} refused: {reply.raw}")
+        return reply
+
+    def part(self, channel: str, reason: str = "") -> None:
+        self.send_raw(f"PART {channel} :{reason}" if reason else f"PART {channel}")
+
+    # -- waiting ------------------------------------------------------------------------------------
+    def expect(self, pattern: Matcher, timeout: float = 5.0) -> IrcLine:
+        """The first line after the cursor that matches; the cursor moves past it.
+
+        ``pattern``: a regex (str or compiled) searched in the raw line, or a predicate on ``IrcLine``.
+        Raises AssertionError (with the last 20 lines) on timeout or when the connection ended first.
+        """
+        match = _predicate(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            index = self._cursor
+            while True:
+                while index < len(self.parsed):
+                    line = self.parsed[index]
+                    index += 1
+                    if match(line):
+                        self._cursor = index
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    why = "the connection closed" if self.closed else f"{timeout}s passed"
+                    raise AssertionError(f"{self.nick}: no line matching {_describe(pattern)}; {why}. "
+                                         f"Last lines:\n{self._last(20)}")
+                self._cond.wait(left)
+
+    def wait_for_count(self, pattern: Matcher, n: int, timeout: float = 5.0) -> list[IrcLine]:
+        """Once ``n`` lines after the cursor match, all matching lines there; the cursor moves past them."""
+        match = _predicate(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            found: list[IrcLine] = []
+            index = end = self._cursor
+            while True:
+                while index < len(self.parsed):
+                    index += 1
+                    if match(self.parsed[index - 1]):
+                        found.append(self.parsed[index - 1])
+                        end = index
+                if len(found) >= n:
+                    self._cursor = end
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    why = "the connection closed" if self.closed else f"{timeout}s passed"
+                    raise AssertionError(f"{self.nick}: {len(found)} of {n} lines matching {_describe(pattern)}; "
+                                         f"{why}. Last lines:\n{self._last(20)}")
+                self._cond.wait(left)
+
+    def _last(self, n: int) -> str:
+        return "\n".join(self.lines[-n:]) or "(nothing received)"
+
+    # -- reading ------------------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        buffer = b""
+        sock = self._sock
+        try:
+            while sock is not None:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                for data in complete:
+                    self._received(data.rstrip(b"\r").decode("utf-8", errors="replace"))
+        except OSError:
+            pass
+        finally:
+            with self._cond:
+                self.closed = True
+                self._cond.notify_all()
+
+    def _received(self, raw: str) -> None:
+        line = parse_line(raw)
+        if line.command == "PING":
+            try:
+                self.send_raw(f"PONG :{line.text}")
+            except OSError:
+                pass
+        elif line.command == "001" and line.params:  # the nick the server registered us with
+            self.nick = line.params[0]
+        elif line.command == "NICK" and line.nick.lower() == self.nick.lower() and line.params:
+            self.nick = line.params[0]
+        with self._cond:
+            self.lines.append(raw)
+            self.parsed.append(line)
+            self._cond.notify_all()
+
+    def __repr__(self) -> str:
+        return f"<IrcTestClient {self.nick} {self.host}:{self.port} lines={len(self.lines)}>"
+
+
+def _describe(pattern: Matcher) -> str:
+    if isinstance(pattern, re.Pattern):
+        return repr(pattern.pattern)
+    if isinstance(pattern, str):
+        return repr(pattern)
+    return getattr(pattern, "__name__", "a predicate")

@@ -1,0 +1,48 @@
+"""Configuration: file -> environment -> overrides, with clear errors."""
+
+import pytest
+
+from frontend.config import load_settings, redact_url
+from frontend.errors import ConfigError
+
+
+def test_layers_override_in_order(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text('redis_url = "redis://file:1/0"\nflood_rate = 2.0\nlog_level = "DEBUG"\n')
+    s = load_settings(str(path), env={"GREENROOM_FLOOD_RATE": "3", "GREENROOM_LOG_LEVEL": "WARNING"},
+                      overrides={"log_level": "ERROR", "redis_url": None})
+    assert (s.redis_url, s.flood_rate, s.log_level) == ("redis://file:1/0", 3.0, "ERROR")
+
+
+def test_example_config_loads():
+    s = load_settings("configs/greenroom.toml", env={})
+    assert s.max_text_bytes == 16384 and s.ping_interval == 120
+
+
+def test_errors_are_clear(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("nonsense = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'nonsense'"):
+        load_settings(str(bad), env={})
+    with pytest.raises(ConfigError, match="not a valid float"):
+        load_settings(env={"GREENROOM_FLOOD_RATE": "fast"})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(str(tmp_path / "missing.toml"), env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("a = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(str(broken), env={})
+
+
+def test_per_server_overrides(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text('[servers."irc.example.org"]\nflood_rate = 1.5\n')
+    s = load_settings(str(path), env={})
+    assert s.for_server("irc.example.org", "flood_rate") == 1.5
+    assert s.for_server("other", "flood_rate") == 0.5
+
+
+def test_redis_password_is_redacted():
+    assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("rediss://user:s3cret@host/0") == "rediss://user:***@host/0"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"

@@ -1,0 +1,124 @@
+"""Properties of the command decoder and the dispatcher's routing (hypothesis).
+
+No input raises anything but ProtocolError out of the decoder, nothing raises out of the dispatcher,
+every item is either routed or dead-lettered, and an accepted text can never leave its line.
+"""
+
+from collections import Counter
+
+import ujson
+from hypothesis import given, settings, strategies as st
+
+from frontend.chat.irc_format import LINE_LIMIT, message_lines
+from frontend.config import load_settings
+from frontend.errors import ProtocolError
+from frontend.incoming import IncomingDispatcher
+from frontend.keys import Keys
+from frontend.protocol import Command, parse_command
+from frontend.text import assert_safe_line
+
+FIELDS = ["type", "room", "text", "to", "cmd_id", "spec", "reason", "expires"]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                    st.text(max_size=40), st.sampled_from(["say", "join", "part", "ping", "action",
+                                                            "topic", "r1", "#c", "a\r\nJOIN #x"]))
+JSON = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(FIELDS + ["protocol", "nick"]), inner,
+                                                 max_size=5)), max_leaves=12)
+COMMANDS = st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6)
+
+
+def outcome(raw: bytes):
+    try:
+        return parse_command(raw)
+    except ProtocolError as exc:
+        assert exc.code == "bad_command" and exc.detail
+        return None
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=500, deadline=None)
+def test_any_bytes_decode_or_raise_protocol_error(raw):
+    result = outcome(raw)
+    assert result is None or isinstance(result, Command)
+
+
+@given(COMMANDS)
+@settings(max_examples=800, deadline=None)
+def test_any_json_command_is_accepted_safely_or_rejected(obj):
+    command = outcome(ujson.dumps(obj).encode())
+    if command is None or command.text is None:
+        return
+    assert command.cmd_id is not None  # accepted commands always carry one
+    target = command.to or "#c"
+    for line in message_lines("PRIVMSG", target, command.text, prefix=60, action=command.type == "action"):
+        assert_safe_line(line)
+        assert len(line) + 60 <= LINE_LIMIT
+        assert line.count(b" ") >= 2 and line.split(b" ", 2)[1] == target.encode()
+
+
+class _Outbox:
+    def __init__(self):
+        self.dead, self.acks, self.registry = [], [], []
+
+    def dead_letter(self, item, raw):
+        self.dead.append(item)
+        self.acks.append(raw)
+
+    def ack(self, raw):
+        self.acks.append(raw)
+
+    def registry(self, room, spec):
+        self.registry.append(room)
+
+
+class _Room:
+    def __init__(self):
+        self.submitted, self.events = [], []
+
+    def submit(self, command):
+        self.submitted.append(command)
+
+    def emit(self, type, **fields):
+        self.events.append((type, fields))
+
+
+class _Frontend:
+    """Just what the dispatcher's routing touches: rooms, outbox, stats, settings."""
+
+    def __init__(self):
+        self.settings = load_settings(env={}, overrides={"frontend_id": "prop"})
+        self.keys = Keys("")
+        self.outbox = _Outbox()
+        self.stats = Counter()
+        self.rooms = {"r1": _Room()}
+        self.added = []
+
+    def add_room(self, room_id, spec, spec_json):
+        self.added.append(room_id)
+
+    def forget_room(self, room_id):
+        self.rooms.pop(room_id, None)
+
+
+def _dispatcher(frontend):
+    dispatcher = IncomingDispatcher.__new__(IncomingDispatcher)  # routing only: no Redis connection
+    dispatcher.frontend = frontend
+    return dispatcher
+
+
+@given(st.lists(st.one_of(st.binary(max_size=80), COMMANDS.map(lambda o: ujson.dumps(o).encode())),
+                max_size=20))
+@settings(max_examples=400, deadline=None)
+def test_the_dispatcher_never_raises_and_accounts_for_every_item(items):
+    frontend = _Frontend()
+    room = frontend.rooms["r1"]
+    dispatcher = _dispatcher(frontend)
+    for raw in items:
+        dispatcher.handle(raw)
+    routed = len(room.submitted) + len(frontend.added)
+    assert routed + len(frontend.outbox.dead) == len(items)
+    assert frontend.stats["commands_received"] == len(items)
+    assert frontend.stats["commands_dead"] == len(frontend.outbox.dead)
+    for item in frontend.outbox.dead:
+        dead = ujson.loads(item)
+        assert dead["error"]["code"] in ("bad_command", "unknown_room") and dead["error"]["detail"]
