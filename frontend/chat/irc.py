@@ -2,8 +2,10 @@
 
 Greenlets per connection: ``main`` connects, registers and then blocks reading the socket (no Reactor
 polling loop, so an idle connection costs no CPU); ``writer`` sends the rooms' lines from a fair,
-flood-controlled SendQueue, several lines per write. Liveness rides on the read timeout: a connection
-silent for ``ping_interval`` gets a PING, and one still silent ``ping_timeout`` later is dropped.
+flood-controlled SendQueue, several lines per write. Registration has a socket timeout; after it the
+socket blocks without one (a gevent Timeout per ``recv`` costs CPU on busy links) and liveness is one
+hub timer per connection: a connection silent for ``ping_interval`` gets a PING, and one still silent
+``ping_timeout`` later is shut down, which ends the blocked ``recv``.
 A dropped connection reconnects with capped exponential backoff and full jitter, then rejoins.
 Registration (CAP, SASL, nick fallbacks) lives here; the channels and their events in ``irc_channels``.
 """
@@ -52,6 +54,16 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sock.send(view):]
 
 
+def _shut_down(sock: socket.socket) -> None:
+    """End the TCP connection under any TLS layer, so that a ``recv`` blocked on it returns.
+    (An SSL socket's own ``shutdown`` drops its TLS object first, and the reader then fails with a
+    ValueError instead of a socket error.)"""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class ReplacingLineBuffer(DecodingLineBuffer):
     """Invalid UTF-8 from the server is decoded with U+FFFD instead of raising."""
 
@@ -95,6 +107,10 @@ class IrcConnection:
         self._main.name = f"irc {label}"
         self._writer: gevent.Greenlet | None = None
         self.connected_at = 0.0
+        self._last_read = 0.0
+        self._ping_sent_at = 0.0  # 0.0: no PING outstanding
+        self._liveness: Any = None  # the hub timer of the current connection
+        self._lost_reason: str | None = None
 
     # ------------------------------------------------------------------ ChatSession (room greenlets)
     @property
@@ -190,7 +206,7 @@ class IrcConnection:
                 for room in list(self.channels.rooms.values()):
                     room.emit("error", code="join_failed", detail=reason)
             except (OSError, ConnectionLost) as exc:
-                reason = str(exc) or type(exc).__name__
+                reason = self._lost_reason or str(exc) or type(exc).__name__
             except Exception as exc:  # the top of the greenlet: log, then reconnect like any failure
                 log.exception("irc %s: unexpected error", self.label)
                 reason = f"internal error: {exc!r}"
@@ -220,6 +236,7 @@ class IrcConnection:
         sock.settimeout(self.settings.connect_timeout)  # registration deadline
         self._sock = sock
         self.registered = False
+        self._lost_reason = None
         self._urgent = []
         self._nicks = nick_candidates(spec.nick)
         self.nick = next(self._nicks)
@@ -240,6 +257,7 @@ class IrcConnection:
     def _disconnected(self) -> None:
         sock, self._sock = self._sock, None
         self.registered = False
+        self._stop_liveness()
         unconfirmed = self.delivery.reset()
         if unconfirmed:  # written but never confirmed: send again after reconnecting
             self.queue.put_front(unconfirmed)
@@ -257,7 +275,6 @@ class IrcConnection:
         sock = self._sock
         assert sock is not None
         buffer = ReplacingLineBuffer()
-        awaiting_pong = False
         while True:
             try:
                 data = sock.recv(65536)
@@ -265,20 +282,11 @@ class IrcConnection:
                     # servers that do not set TCP_NODELAY (InspIRCd) hold a small write until we ACK;
                     # Linux delays ACKs by up to 40 ms unless asked again after every read
                     sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
-            except socket.timeout:
-                if not self.registered:
-                    raise ConnectionLost("registration timed out") from None
-                if awaiting_pong:
-                    raise ConnectionLost(f"no answer to PING within {self.settings.ping_timeout:g}s") from None
-                self.send_urgent([b"PING :greenroom\r\n"])
-                awaiting_pong = True
-                sock.settimeout(self.settings.ping_timeout)
-                continue
+            except socket.timeout:  # only during registration: afterwards the socket has no timeout
+                raise ConnectionLost("registration timed out") from None
             if not data:
-                raise ConnectionLost("the server closed the connection")
-            if awaiting_pong:
-                awaiting_pong = False
-                sock.settimeout(self.settings.ping_interval)
+                raise ConnectionLost(self._lost_reason or "the server closed the connection")
+            self._last_read = time.monotonic()
             if self._pace_events is not None:
                 self._pace_events()  # the outgoing buffer is full: leave the rest with the server
             buffer.feed(data)
@@ -290,6 +298,42 @@ class IrcConnection:
                         raise
                     except Exception:  # one odd line must never take the connection down
                         log.exception("irc %s: could not handle the line %r", self.label, line[:200])
+
+    # ------------------------------------------------------------------------------------ liveness
+    def _schedule_liveness(self, delay: float) -> None:
+        self._stop_liveness()
+        self._liveness = gevent.get_hub().loop.timer(max(delay, 0.001))
+        self._liveness.start(self._check_liveness)
+
+    def _stop_liveness(self) -> None:
+        if self._liveness is not None:
+            self._liveness.close()
+            self._liveness = None
+
+    def _check_liveness(self) -> None:
+        """Runs in the hub: must not block. Any data read since the PING counts as an answer."""
+        sock = self._sock
+        if sock is None:
+            return
+        now = time.monotonic()
+        if self._ping_sent_at:
+            if self._last_read >= self._ping_sent_at:
+                self._ping_sent_at = 0.0
+            elif now - self._ping_sent_at >= self.settings.ping_timeout:
+                self._lost_reason = f"no answer to PING within {self.settings.ping_timeout:g}s"
+                self._liveness = None
+                _shut_down(sock)  # the blocked recv returns and the reader reconnects
+                return
+            else:
+                self._schedule_liveness(self._ping_sent_at + self.settings.ping_timeout - now)
+                return
+        silent = now - self._last_read
+        if silent >= self.settings.ping_interval:
+            self.send_urgent([b"PING :greenroom\r\n"])
+            self._ping_sent_at = now
+            self._schedule_liveness(self.settings.ping_timeout)
+        else:
+            self._schedule_liveness(self.settings.ping_interval - silent)
 
     # ------------------------------------------------------------------------------ writer greenlet
     def _write_loop(self, sock: socket.socket) -> None:
@@ -320,10 +364,7 @@ class IrcConnection:
                         if not confirm_later:
                             queue.put_front(taken)
                         log.info("irc %s: write failed: %s", self.label, exc)
-                        try:
-                            sock.shutdown(socket.SHUT_RDWR)  # wakes the reader, which reconnects
-                        except OSError:
-                            pass
+                        _shut_down(sock)  # wakes the reader, which reconnects
                         return
                     if not confirm_later:
                         for key, line in taken:
@@ -433,7 +474,10 @@ class IrcConnection:
         if args:
             self.nick = args[0]
         assert self._sock is not None
-        self._sock.settimeout(self.settings.ping_interval)
+        self._sock.settimeout(None)
+        self._last_read = self.connected_at
+        self._ping_sent_at = 0.0
+        self._schedule_liveness(self.settings.ping_interval)
         log.info("irc %s: registered as %s", self.label, self.nick)
         self.channels.join_all()
 
