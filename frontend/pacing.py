@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 import time
 
+# One generator for every Backoff: a Random instance holds 2.5 KB of state, and there is a Backoff per
+# connection (thousands per process).
+_SHARED_RNG = random.Random()
+
 
 class Backoff:
     """Capped exponential backoff with full jitter (as in redis-py's ``backoff.py``).
@@ -16,7 +20,7 @@ class Backoff:
     def __init__(self, base: float, cap: float, *, rng: random.Random | None = None) -> None:
         self.base, self.cap = base, cap
         self.failures = 0
-        self._rng = rng or random.Random()
+        self._rng = rng or _SHARED_RNG
 
     def compute(self, failures: int) -> float:
         """Delay for the given number of consecutive failures (0 = first retry)."""

@@ -2,7 +2,9 @@
 
 Greenlets per connection: ``main`` connects, registers and then blocks reading the socket (no Reactor
 polling loop, so an idle connection costs no CPU); ``writer`` sends the rooms' lines from a fair,
-flood-controlled SendQueue, several lines per write. Registration has a socket timeout; after it the
+flood-controlled SendQueue, several lines per write. The writer lives only while there is something
+to write: spawned when a line is queued, it ends once the queue is drained (a parked greenlet costs
+about 8 KB, and most connections are quiet most of the time). Registration has a socket timeout; after it the
 socket blocks without one (a gevent Timeout per ``recv`` costs CPU on busy links) and liveness is one
 hub timer per connection: a connection silent for ``ping_interval`` gets a PING, and one still silent
 ``ping_timeout`` later is shut down, which ends the blocked ``recv``.
@@ -83,6 +85,12 @@ class IrcConnection:
 
     protocol = "irc"
     capacity_key = "channels_per_connection"
+    # thousands of these live in one process: no per-instance __dict__
+    __slots__ = ("spec", "settings", "label", "_pace_connect", "_pace_events", "channels", "_urgent",
+                 "delivery", "queue", "_nick", "_folded_nick", "userhost_len", "_sock", "registered",
+                 "_closing", "_drained", "_main", "_writer", "connected_at", "_last_read",
+                 "_ping_sent_at", "_liveness", "_lost_reason", "_nicks", "_sasl_pending",
+                 "_cap_waiting", "_cap_ended", "_cap_ls", "__weakref__")
 
     def __init__(self, spec: IrcSpec, *, settings: Settings, pace_connect: Any, label: str,
                  pace_events: Callable[[], None] | None = None) -> None:
@@ -95,7 +103,7 @@ class IrcConnection:
         self._urgent: list[bytes] = []
         self.delivery = DeliveryTracker(settings.irc_ack, self._delivered)
         self.queue = SendQueue(self._make_bucket(spec.flood), settings.room_queue_max,
-                               self.channels.dropped)
+                               self.channels.dropped, on_wake=self._wake_writer)
         self.nick = spec.nick
         #: len("!user@host") as the server shows us, once our own JOIN told us (for line budgets)
         self.userhost_len: int | None = None
@@ -111,6 +119,11 @@ class IrcConnection:
         self._ping_sent_at = 0.0  # 0.0: no PING outstanding
         self._liveness: Any = None  # the hub timer of the current connection
         self._lost_reason: str | None = None
+        self._nicks: Any = iter(())
+        self._sasl_pending = False
+        self._cap_waiting = 0
+        self._cap_ended = False
+        self._cap_ls: list[str] = []
 
     # ------------------------------------------------------------------ ChatSession (room greenlets)
     @property
@@ -152,9 +165,9 @@ class IrcConnection:
         deadline = time.monotonic() + timeout
         self._closing.set()
         if self._sock is not None and self.registered:
-            while self.queue.has_ready() and self._writer and time.monotonic() < deadline:
+            while self.queue.has_ready() and self._sock is not None and time.monotonic() < deadline:
                 self._drained.clear()  # let the writer send what the rooms already accepted
-                self.queue.wake.set()
+                self._wake_writer()
                 self._drained.wait(max(0.0, deadline - time.monotonic()))
             # and until the server confirmed it (a PONG or the echoes), so nothing is acked unread
             self.delivery.settled.wait(max(0.0, deadline - time.monotonic()))
@@ -188,7 +201,13 @@ class IrcConnection:
     def send_urgent(self, lines: list[bytes]) -> None:
         """Queue protocol lines ahead of the rooms' lines and outside flood control."""
         self._urgent.extend(lines)
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        """Lines are waiting: wake the writer, or start one if none is alive (and we are connected)."""
         self.queue.wake.set()
+        if self._writer is None and self._sock is not None:
+            self._writer = gevent.spawn(self._write_loop, self._sock)
 
     # ------------------------------------------------------------------------------- main greenlet
     def _run(self) -> None:
@@ -243,9 +262,7 @@ class IrcConnection:
         self._sasl_pending = spec.sasl_username is not None
         self._cap_waiting = 0
         self._cap_ended = False
-        self._cap_ls: list[str] = []
-        self._writer = gevent.spawn(self._write_loop, sock)
-        self._writer.name = f"irc-writer {self.label}"
+        self._cap_ls = []
         lines = [b"CAP LS 302\r\n"]
         if spec.password:
             lines.append(f"PASS {spec.password}\r\n".encode())
@@ -337,9 +354,15 @@ class IrcConnection:
 
     # ------------------------------------------------------------------------------ writer greenlet
     def _write_loop(self, sock: socket.socket) -> None:
+        try:
+            self._write_until_drained(sock)
+        finally:
+            if self._writer is gevent.getcurrent():
+                self._writer = None
+
+    def _write_until_drained(self, sock: socket.socket) -> None:
         queue = self.queue
         while True:
-            queue.wake.wait()
             queue.wake.clear()
             while True:
                 data: list[bytes] = []
@@ -376,6 +399,8 @@ class IrcConnection:
                 if not data:
                     break
             self._drained.set()
+            if not queue.wake.is_set():
+                return  # drained, and nothing was queued meanwhile: the next line starts a new writer
 
     # ------------------------------------------------------------------------------------- parsing
     def _handle_line(self, line: str) -> None:
@@ -493,7 +518,7 @@ class IrcConnection:
 
     def _on_pong(self, source: Any, args: list[str]) -> None:
         if args and self.delivery.on_pong(args[-1]):
-            self.queue.wake.set()  # lines written meanwhile are owed their own PING
+            self._wake_writer()  # lines written meanwhile are owed their own PING
 
     def _delivered(self, key: Any, line: OutLine) -> None:
         """The server has the line: the command it ends leaves the in-flight list."""

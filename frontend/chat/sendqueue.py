@@ -40,7 +40,8 @@ DropHandler = Callable[[Hashable, OutLine, str], None]
 class SendQueue:
     """Per-room FIFO queues, round-robin service, optional token bucket."""
 
-    def __init__(self, bucket: TokenBucket | None, max_per_room: int, on_drop: DropHandler) -> None:
+    def __init__(self, bucket: TokenBucket | None, max_per_room: int, on_drop: DropHandler,
+                 on_wake: Callable[[], None] | None = None) -> None:
         self.bucket = bucket
         self.max_per_room = max_per_room
         self._on_drop = on_drop
@@ -49,6 +50,8 @@ class SendQueue:
         self._ready: deque[Hashable] = deque()
         self._in_ready: set[Hashable] = set()
         self.wake = gevent.event.Event()
+        #: called with ``wake`` set: the IRC connection starts its writer on demand
+        self._on_wake = on_wake
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -93,6 +96,8 @@ class SendQueue:
             self._in_ready.add(room)
             self._ready.append(room)
             self.wake.set()
+            if self._on_wake is not None:
+                self._on_wake()
 
     def take(self, limit: int) -> tuple[list[tuple[Hashable, OutLine]], float]:
         """Up to ``limit`` lines due now, fairly across rooms; and seconds until the next token
