@@ -17,6 +17,7 @@ demo: venv servers  ## local Redis + ngircd + prosody, the frontend and the echo
 
 bench: venv servers  ## the benchmark harness (not part of `make test`)
 	bash tests/bench/install.sh
+	[ -x $(BIN)/py-spy ] || $(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 venv: $(VENV)/.installed

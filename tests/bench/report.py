@@ -74,7 +74,8 @@ def summarize(rows: list[dict], labels: list[str]) -> tuple[str, list[dict]]:
             order.append(row["scenario"])
         by.setdefault((row["scenario"], row["frontend"]), []).append(row)
     ref = "go" if "go" in labels and len(labels) > 1 else None
-    main = next((lb for lb in labels if lb != ref), labels[0])
+    # the ratios and targets are greenroom's when it is in the run (other labels: e.g. an older build)
+    main = "greenroom" if "greenroom" in labels else next((lb for lb in labels if lb != ref), labels[0])
     head = ["scenario", "figure"] + [f"{lb} (median)" for lb in labels]
     if ref:
         head += [f"{main} / {ref}", "target", "met"]

@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frontend-cmd", action="append", default=[],
-                   help="frontend command ({redis_url}, {redis_addr}; leading NAME=value set env); repeatable. "
+                   help="frontend command ({redis_url}, {redis_addr}, {free_port}; leading NAME=value set env); repeatable. "
                         "Default: greenroom and the Go reference")
     p.add_argument("--label", action="append", default=[], help="label for each --frontend-cmd, in order")
     p.add_argument("--frontends", default="greenroom,go",

@@ -75,7 +75,7 @@ class Scenario:
 @dataclass
 class FrontendSpec:
     label: str
-    cmd: str                      # may hold {redis_url} and {redis_addr}
+    cmd: str                      # may hold {redis_url}, {redis_addr} and {free_port}
     env: dict = field(default_factory=dict)
     shares_connections: bool = True
 
@@ -160,7 +160,8 @@ class FrontendProcess:
     def __init__(self, spec: FrontendSpec, redis_srv: RedisServer, workdir: str, extra_env: dict) -> None:
         self.spec = spec
         self.log_path = os.path.join(workdir, "frontend.log")
-        argv = shlex.split(spec.cmd.format(redis_url=redis_srv.url, redis_addr=redis_srv.addr))
+        argv = shlex.split(spec.cmd.format(redis_url=redis_srv.url, redis_addr=redis_srv.addr,
+                                                free_port=procs.free_port()))
         env = {**os.environ, "GREENROOM_REDIS_URL": redis_srv.url, "GREENROOM_CONNECT_RATE": "0",
                **{k: v.replace("{free_port}", str(procs.free_port())) for k, v in spec.env.items()},
                **extra_env}
