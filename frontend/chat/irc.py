@@ -181,7 +181,8 @@ class IrcConnection:
         return self.nick
 
     def depth(self, room: RoomLink) -> int:
-        return self.queue.depth(fold(room.spec.channel))  # type: ignore[union-attr]
+        queue = self.queue
+        return queue.depth(fold(room.spec.channel)) if queue.has_lines() else 0  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------------------------ internals
     def _make_bucket(self, flood: Flood | bool | None) -> TokenBucket | None:

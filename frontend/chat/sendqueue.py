@@ -60,6 +60,10 @@ class SendQueue:
         """True while some enabled room has lines waiting."""
         return any(self._queues.get(r) for r in self._ready if r in self._enabled)
 
+    def has_lines(self) -> bool:
+        """Cheap: False when no room has a line queued (emptied queues are dropped)."""
+        return bool(self._queues)
+
     def depth(self, room: Hashable) -> int:
         q = self._queues.get(room)
         return len(q) if q else 0
@@ -110,6 +114,8 @@ class SendQueue:
             if not q or room not in self._enabled:
                 self._ready.popleft()
                 self._in_ready.discard(room)
+                if q is not None and not q:
+                    del self._queues[room]
                 continue
             if q[0].deadline < now:
                 self._on_drop(room, q.popleft(), "stale")
@@ -124,6 +130,7 @@ class SendQueue:
                 self._ready.append(room)
             else:
                 self._in_ready.discard(room)
+                del self._queues[room]  # an empty deque is 0.7 KB: most rooms are quiet
         return out, 0.0
 
 

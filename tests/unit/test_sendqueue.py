@@ -86,3 +86,18 @@ def test_backoff_is_capped_jittered_and_resets():
     assert max(Backoff(1.0, 8.0).compute(n) for n in range(20)) <= 8.0
     b.reset()
     assert b.failures == 0 and 0.5 <= b.next() <= 1.0
+
+
+def test_drained_rooms_hold_no_queue_and_wake_calls_back():
+    woken = []
+    q = SendQueue(None, 10, lambda *a: None, on_wake=lambda: woken.append(1))
+    q.enable("a")
+    q.enable("b")
+    assert not q.has_lines() and not woken
+    q.put("a", OutLine("x"))
+    q.put("b", OutLine("y"))
+    assert q.has_lines() and len(woken) == 2 and q.depth("a") == 1
+    assert [line.data for _, line in q.take(10)[0]] == ["x", "y"]
+    assert not q.has_lines() and q.depth("a") == 0 and len(q) == 0
+    q.put("a", OutLine("z"))  # a room that drained takes new lines as before
+    assert [line.data for _, line in q.take(10)[0]] == ["z"]

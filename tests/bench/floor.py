@@ -1,0 +1,127 @@
+"""The floor under greenroom's CPU per line: what the unavoidable steps of the design cost in this Python.
+
+    .venv/bin/python -m tests.bench.floor
+
+Each step is timed alone, in a loop, in one process (no servers; a socketpair stands in for the IRC
+socket). A ``say`` must at least be decoded (ujson), handed from the incoming dispatcher to its room
+greenlet through a gevent Queue (one greenlet switch there and back), and written to a socket (one
+``send`` system call unless several lines share it). An inbound line must at least be read, split,
+parsed, encoded (ujson) and handed to the outgoing dispatcher (an Event wake-up). Their sum is a lower
+bound for the per-line figures in BENCHMARKS.md that no tuning of greenroom's own code goes below.
+"""
+
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import socket  # noqa: E402
+import time  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+import gevent.queue  # noqa: E402
+import ujson  # noqa: E402
+
+N = 200_000
+SAY = b'{"type":"say","room":"r17","text":"bench:1234567890123:42 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
+LINE = b":nick!user@host PRIVMSG #r17 :bench:1234567890123:42 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"
+
+
+def per_call(fn: Callable[[], None], n: int = N) -> float:
+    """CPU µs per call (process time, so other processes on the machine do not count)."""
+    t0 = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - t0) / n * 1e6
+
+
+def queue_handoff(n: int = N) -> float:
+    """put() from one greenlet, get() in another that blocks on the queue: a room receiving a command."""
+    q: gevent.queue.Queue = gevent.queue.Queue()
+    done = gevent.event.Event()
+
+    def consumer() -> None:
+        for _ in range(n):
+            q.get()
+        done.set()
+
+    gevent.spawn(consumer)
+    gevent.sleep(0)
+    t0 = time.process_time()
+    for _ in range(n):
+        q.put(1)
+        gevent.sleep(0)  # the dispatcher yields; the room runs (the switch is the cost measured)
+    done.wait()
+    return (time.process_time() - t0) / n * 1e6
+
+
+def event_wakeup(n: int = N) -> float:
+    """Event.set() waking a greenlet blocked in wait(): the writer or the outgoing dispatcher waking."""
+    ev = gevent.event.Event()
+    count = 0
+
+    def waiter() -> None:
+        nonlocal count
+        while count < n:
+            ev.wait()
+            ev.clear()
+            count += 1
+
+    g = gevent.spawn(waiter)
+    gevent.sleep(0)
+    t0 = time.process_time()
+    while count < n:
+        ev.set()
+        gevent.sleep(0)
+    g.join()
+    return (time.process_time() - t0) / n * 1e6
+
+
+def spawn_run(n: int = N) -> float:
+    """gevent.spawn of a short function and running it: the on-demand IRC writer."""
+    t0 = time.process_time()
+    for _ in range(n):
+        gevent.spawn(lambda: None)
+        gevent.sleep(0)
+    return (time.process_time() - t0) / n * 1e6
+
+
+def socket_send_recv(n: int = N) -> tuple[float, float]:
+    """One send() of one line, and one recv() of it, on a connected pair of gevent sockets."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    sent = per_call(lambda: a.send(LINE), n // 10)
+    got = per_call(lambda: b.recv(65536), n // 10)
+    a.close()
+    b.close()
+    return sent, got
+
+
+def main() -> None:
+    import irc.client
+
+    rows = [
+        ("ujson.loads of a say command", per_call(lambda: ujson.loads(SAY))),
+        ("ujson.dumps of a message event", per_call(lambda: ujson.dumps(
+            {"type": "message", "room": "r17", "protocol": "irc", "from": "nick", "text": "x" * 60,
+             "private": False, "event_id": "0123456789ab-1f", "ts": 1763900000.123}))),
+        ("IRC line regex match (irc.client)", per_call(
+            lambda: irc.client._rfc_1459_command_regexp.match(LINE[:-2].decode()))),
+        ("gevent Queue hand-off to a blocked greenlet (put, switch, get, switch back)", queue_handoff()),
+        ("Event.set waking a blocked greenlet (and back)", event_wakeup()),
+        ("gevent.spawn + run + finish a greenlet", spawn_run()),
+    ]
+    send, recv = socket_send_recv()
+    rows += [("socket send() of one line (a system call)", send),
+             ("socket recv() of one line (a system call)", recv)]
+    width = max(len(name) for name, _ in rows)
+    print(f"{'step':<{width}}  CPU µs per call")
+    for name, us in rows:
+        print(f"{name:<{width}}  {us:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
