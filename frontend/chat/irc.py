@@ -3,8 +3,8 @@
 Greenlets per connection: ``main`` connects, registers and then blocks reading the socket (no Reactor
 polling loop, so an idle connection costs no CPU); ``writer`` sends the rooms' lines from a fair,
 flood-controlled SendQueue, several lines per write. The writer lives only while there is something
-to write: spawned when a line is queued, it ends once the queue is drained (a parked greenlet costs
-about 8 KB, and most connections are quiet most of the time). Registration has a socket timeout; after it the
+to write: spawned when a line is queued, it ends once the queue has been empty for ``WRITER_LINGER``
+seconds (a parked greenlet costs about 8 KB, and most connections are quiet most of the time). Registration has a socket timeout; after it the
 socket blocks without one (a gevent Timeout per ``recv`` costs CPU on busy links) and liveness is one
 hub timer per connection: a connection silent for ``ping_interval`` gets a PING, and one still silent
 ``ping_timeout`` later is shut down, which ends the blocked ``recv``.
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 SASL_FAILED = {"902", "904", "905", "906", "908"}
 NICK_TAKEN = {"432", "433", "436", "437"}
 WRITE_BATCH = 256
+#: a writer with nothing to write for this long ends; a busy connection keeps its writer (a spawn costs
+#: 10-15 µs of CPU, see ``tests/bench/floor.py``), a quiet one holds no greenlet for it
+WRITER_LINGER = 2.0
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
@@ -400,8 +403,8 @@ class IrcConnection:
                 if not data:
                     break
             self._drained.set()
-            if not queue.wake.is_set():
-                return  # drained, and nothing was queued meanwhile: the next line starts a new writer
+            if not queue.wake.is_set() and not queue.wake.wait(WRITER_LINGER):
+                return  # quiet for a while: the next line starts a new writer
 
     # ------------------------------------------------------------------------------------- parsing
     def _handle_line(self, line: str) -> None:
@@ -446,7 +449,9 @@ class IrcConnection:
             if len(args) > 3 and args[2] == "*":
                 return  # more LS lines follow
             offered = {c.split("=", 1)[0] for c in self._cap_ls}
-            wanted = ["echo-message"] if "echo-message" in offered else []
+            # echo-message confirms delivery; with irc_ack = "write" nothing waits for it, and every
+            # echoed line would be read and parsed for nothing
+            wanted = ["echo-message"] if "echo-message" in offered and self.delivery.mode == "pong" else []
             if self._sasl_pending:
                 if "sasl" not in offered:
                     self._fail_login("the server does not offer SASL")

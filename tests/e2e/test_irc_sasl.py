@@ -101,6 +101,27 @@ def test_sasl_plain_logs_in_and_echo_message_acks(redis_url, redis_client):
         ircd.stop()
 
 
+def test_with_irc_ack_write_echo_message_is_not_requested(redis_url, redis_client):
+    """Nothing waits for echoes when a write counts as delivery: asking for them would only cost reads."""
+    ircd = ScriptedIrcd("botuser", "s3cret").start()
+    try:
+        events = Events(redis_client)
+        with running_frontend(redis_url, frontend_id="write-fe", irc_ack="write"):
+            push(redis_client, {"type": "join", "room": "s4", "spec": spec(ircd.port, "writebot", "s3cret")})
+            events.wait(type="joined", room="s4")
+            push(redis_client, {"type": "say", "room": "s4", "text": "no echo"})
+            with gevent.Timeout(5):
+                while not any(line == "PRIVMSG #sasl :no echo" for line in ircd.received):
+                    gevent.sleep(0.05)
+            with gevent.Timeout(5):  # acknowledged once written
+                while redis_client.llen("control:inflight:write-fe"):
+                    gevent.sleep(0.05)
+        assert "CAP REQ :sasl" in ircd.received
+        assert not any("echo-message" in line for line in ircd.received if line.startswith("CAP REQ"))
+    finally:
+        ircd.stop()
+
+
 def test_sasl_failure_is_reported_as_join_failed(redis_url, redis_client):
     ircd = ScriptedIrcd("botuser", "s3cret").start()
     try:
