@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo bench servers venv lint clean
 
-test: venv servers  ## run the whole test suite against real servers
+test: venv servers lint  ## pyflakes, then the whole test suite against real servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: venv servers  ## local Redis + ngircd + prosody, the frontend and the echo backend; Ctrl-C stops all
@@ -41,8 +41,8 @@ servers:
 	  $(APT) update -qq && $(APT) install -y -qq redis-server ngircd prosody chromium chromium-driver; \
 	fi
 
-lint: venv
-	$(BIN)/python -m pyflakes frontend backend_sdk tests 2>/dev/null || true
+lint: venv  ## pyflakes over the code and the tests
+	$(BIN)/python -m pyflakes frontend backend_sdk tests
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -59,6 +59,19 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sock.send(view):]
 
 
+def set_within(event: gevent.event.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``event``; True when it is set.
+
+    Not ``wait()``'s result: when the timeout fires in the same hub iteration as a ``set()`` whose
+    wake-up was not delivered yet, ``wait()`` says False although the flag is set. The writer would
+    then end while the ``set()`` it missed had started no new writer (one was still alive): a line
+    left in the queue with nobody to write it.
+    """
+    if not event.is_set():
+        event.wait(timeout)
+    return event.is_set()
+
+
 def _shut_down(sock: socket.socket) -> None:
     """End the TCP connection under any TLS layer, so that a ``recv`` blocked on it returns.
     (An SSL socket's own ``shutdown`` drops its TLS object first, and the reader then fails with a
@@ -403,7 +416,7 @@ class IrcConnection:
                 if not data:
                     break
             self._drained.set()
-            if not queue.wake.is_set() and not queue.wake.wait(WRITER_LINGER):
+            if not set_within(queue.wake, WRITER_LINGER):
                 return  # quiet for a while: the next line starts a new writer
 
     # ------------------------------------------------------------------------------------- parsing

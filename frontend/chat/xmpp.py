@@ -34,6 +34,7 @@ from .base import RoomLink
 from .sendqueue import OutLine, SendQueue, queue_command, report_drop, report_unsent
 from .xmpp_events import Muc, bare
 from .xmpp_muc import MucJoins
+from .xmpp_selfping import install as install_self_ping_fix
 
 log = logging.getLogger(__name__)
 # slixmpp logs stanzas (SASL payloads included) at DEBUG: keep secrets out of the logs whatever our level
@@ -41,6 +42,7 @@ logging.getLogger("slixmpp").setLevel(logging.WARNING)
 
 WRITE_BATCH = 256
 PLUGINS = ("xep_0030", "xep_0004", "xep_0045", "xep_0199", "xep_0203", "xep_0198", "xep_0410")
+install_self_ping_fix()  # slixmpp's XEP-0410 scheduler leaks a task per quiet interval otherwise
 
 
 class XmppSession(MucJoins):

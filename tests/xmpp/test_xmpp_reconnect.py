@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import gevent
 import pytest
+import ujson
 from slixmpp import JID
 
 from frontend.chat import aio
@@ -88,10 +93,6 @@ def test_self_ping_failure_rejoins(fe, redis_client, events, prosody, xmpp_accou
 
 def _wait_state(redis_client, room: str, needle: bytes, timeout: float) -> bytes:
     """Room states are written by the outbox; poll the hash (there is no event for a state)."""
-    import time
-
-    import gevent
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = redis_client.hget("rooms:state", room) or b""
@@ -99,3 +100,24 @@ def _wait_state(redis_client, room: str, needle: bytes, timeout: float) -> bytes
             return state
         gevent.sleep(0.1)
     raise AssertionError(f"room {room} never reached {needle!r}: {redis_client.hget('rooms:state', room)!r}")
+
+
+def _pending_event_waits() -> int:
+    return sum(1 for task in asyncio.all_tasks(aio.loop())
+               if not task.done() and task.get_coro().__qualname__ == "Event.wait")
+
+
+def test_a_quiet_room_does_not_pile_up_self_ping_tasks(redis_url, redis_client, prosody, xmpp_account, muc):
+    """slixmpp's XEP-0410 scheduler left one task pending per quiet interval (frontend/chat/xmpp_selfping.py)."""
+    jid, password = xmpp_account("bot")
+    events = Events(redis_client)
+    with running_frontend(redis_url, frontend_id=uniq("xfe"), ping_interval=0.2, ping_timeout=2.0):
+        room = uniq("x")
+        push(redis_client, {"type": "join", "room": room, "spec": xmpp_spec(prosody, jid, password, muc)})
+        events.wait(timeout=15, type="joined", room=room)
+        gevent.sleep(0.5)
+        start = _pending_event_waits()
+        gevent.sleep(2.5)  # about a dozen quiet intervals, each answered by a self-ping
+        assert _pending_event_waits() <= start + 1
+        # and the self-pings said we are still in the room
+        assert ujson.loads(redis_client.hget("rooms:state", room))["state"] == "joined"
