@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the benchmark needs on a fresh Debian machine: redis-server and inspircd (never started as
+# What the benchmark needs on a fresh Debian machine: redis-server, inspircd and prosody (never started as
 # services: the bench runs its own on loopback), and Go + redigo for the Go reference when apt has them.
 # Idempotent: installs only what is missing. Used by `make bench`.
 set -euo pipefail
@@ -24,6 +24,7 @@ no_services() {
 want=()
 have redis-server || want+=(redis-server)
 have inspircd || want+=(inspircd)
+have prosody || want+=(prosody)  # the xmpp:N:M@R scenario
 
 updated=0
 update() { if [ "$updated" = 0 ]; then $APT update -qq; updated=1; fi; }
@@ -51,7 +52,7 @@ if [ "${#go_want[@]}" -gt 0 ]; then
     fi
 fi
 
-for b in redis-server inspircd; do
+for b in redis-server inspircd prosody; do
     have "$b" || { echo "bench: $b is still missing" >&2; exit 1; }
 done
-echo "bench: redis-server, inspircd$(have go && echo ', go') ready"
+echo "bench: redis-server, inspircd, prosody$(have go && echo ', go') ready"

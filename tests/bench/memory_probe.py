@@ -122,6 +122,7 @@ try:
     out["c_stack_saved_B_per_greenlet"] = {k: round(stacks[k] / v) for k, v in g1.items() if v}
     out["greenlets_added"] = {k: v - g0.get(k, 0) for k, v in g1.items() if v != g0.get(k, 0)}
     out["gc_objects"] = len(gc.get_objects())
+    out["live_timeouts"] = sum(1 for o in gc.get_objects() if isinstance(o, gevent.Timeout))
     print(json.dumps(out), flush=True)
 
     if args.trace:

@@ -12,12 +12,21 @@ METRICS = {
     "traffic_paced": [("msgs_per_s", "lines/s"), ("cpu_us_per_msg", "frontend CPU per line, µs"),
                       ("lat_p50_ms", "latency p50, ms"), ("lat_p99_ms", "latency p99, ms"),
                       ("lost", "lines lost")],
+    # one run: the rooms figures for N MUC rooms on one stream, then paced traffic in and out
+    "xmpp": [("join_s", "join time, s"), ("rss_kb_per_room", "RSS per room, KB"),
+             ("idle_cpu_pct", "CPU over idle window, % of a core"), ("connections", "XMPP streams")]
+    + [(prefix + m, f"{way} {label}") for prefix, way in (("in_", "inbound"), ("out_", "outbound"))
+       for m, label in [("msgs_per_s", "lines/s"), ("cpu_us_per_msg", "frontend CPU per line, µs"),
+                        ("lat_p50_ms", "latency p50, ms"), ("lat_p99_ms", "latency p99, ms"),
+                        ("lost", "lines lost")]],
 }
 
 
 def metric_list(row: dict) -> list[tuple[str, str]]:
     if row["kind"] in ("rooms", "shared"):
         return METRICS["rooms"]
+    if row["kind"] == "xmpp":
+        return METRICS["xmpp"]
     return METRICS["traffic_paced" if row.get("rate") else "traffic_max"]
 
 

@@ -4,6 +4,7 @@ Examples:
   python -m tests.bench                       # everything, greenroom and (if Go is there) the Go reference
   python -m tests.bench --quick               # small sizes, one run: a smoke run in a minute or two
   python -m tests.bench --frontends go --scenario rooms:1000 --runs 1
+  python -m tests.bench --frontends greenroom --scenario xmpp:20:2000@200 --runs 1   # XMPP (prosody)
   python -m tests.bench --frontend-cmd 'REDIS_ADDR={redis_addr} /tmp/go-reference' --label go2
 """
 
@@ -31,12 +32,14 @@ FULL = [
     "inbound:100:1000000", "inbound:1000:1000000", "inbound:100:200000@20000", "inbound:1000:20000@2000",
     "outbound:100:1000000", "outbound:1000:1000000", "outbound:100:200000@20000", "outbound:1000:20000@2000",
     "shared:100000:100",
+    "xmpp:200:5000@500",
 ]
 QUICK = [
     "rooms:500",
     "inbound:20:100000", "inbound:100:40000@20000", "inbound:200:4000@2000",
     "outbound:20:100000", "outbound:100:40000@20000", "outbound:200:4000@2000",
     "shared:5000:10",
+    "xmpp:20:2000@200",
 ]
 GO_SRC = ROOT.parent / "shared" / "go-reference"
 GO_BIN = Path("/tmp/go-reference")
@@ -70,6 +73,18 @@ def go_binary(src: Path, out: Path) -> Path | None:
     return out
 
 
+def prosody_version() -> str | None:
+    """The installed prosody's version from dpkg (``prosody --version`` may wait on a terminal)."""
+    if not find_binary("prosody"):
+        return None
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "prosody"], capture_output=True, text=True,
+                             timeout=10, stdin=subprocess.DEVNULL)
+        return f"prosody {out.stdout.strip()}" if out.returncode == 0 and out.stdout.strip() else "prosody"
+    except (OSError, subprocess.SubprocessError):
+        return "prosody"
+
+
 def machine_info() -> dict:
     info = {"type": "meta", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
             "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()}
@@ -82,7 +97,7 @@ def machine_info() -> dict:
         pass
     try:
         from importlib.metadata import version
-        for pkg in ("gevent", "greenlet", "redis", "hiredis", "irc", "ujson"):
+        for pkg in ("gevent", "greenlet", "redis", "hiredis", "irc", "ujson", "slixmpp"):
             try:
                 info[pkg] = version(pkg)
             except Exception:  # noqa: BLE001
@@ -93,6 +108,7 @@ def machine_info() -> dict:
     info["redis_server"] = version_of([rs, "--version"]) if rs else None
     ircd = find_binary("inspircd")
     info["inspircd"] = version_of([ircd, "--version"]) if ircd else None
+    info["prosody"] = prosody_version()
     go = shutil.which("go")
     info["go"] = version_of([go, "version"]) if go else None
     info["nofile"] = list(procs.raise_nofile())
@@ -109,7 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--frontends", default="greenroom,go",
                    help="built-in frontends when no --frontend-cmd: greenroom, go (default both)")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME",
-                   help="rooms:N, shared:N:C, inbound:K:M[@R], outbound:K:M[@R]; repeatable (default: all)")
+                   help="rooms:N, shared:N:C, inbound:K:M[@R], outbound:K:M[@R], xmpp:N:M@R (N MUC rooms on "
+                        "one XMPP stream, then M lines each way at R/s; only frontends that speak XMPP); "
+                        "repeatable (default: all)")
     p.add_argument("--runs", type=int, default=None, help="runs per scenario and frontend (default 3, quick 1)")
     p.add_argument("--quick", action="store_true", help="small sizes and a 3 s idle window")
     p.add_argument("--idle", type=float, default=None, help="idle CPU window, s (default 10, quick 3)")
@@ -130,7 +148,7 @@ def frontends(args: argparse.Namespace) -> list[FrontendSpec]:
         out = []
         for i, cmd in enumerate(args.frontend_cmd):
             label = args.label[i] if i < len(args.label) else ("go" if "go-reference" in cmd else f"frontend{i + 1}")
-            out.append(FrontendSpec(label, cmd, shares_connections=label != "go"))
+            out.append(FrontendSpec(label, cmd, shares_connections=label != "go", speaks_xmpp=label != "go"))
         return out
     out = []
     for name in [n.strip() for n in args.frontends.split(",") if n.strip()]:
@@ -145,7 +163,8 @@ def frontends(args: argparse.Namespace) -> list[FrontendSpec]:
         elif name == "go":
             binary = go_binary(Path(args.go_src), Path(args.go_bin))
             if binary:
-                out.append(FrontendSpec("go", f"REDIS_ADDR={{redis_addr}} {binary}", shares_connections=False))
+                out.append(FrontendSpec("go", f"REDIS_ADDR={{redis_addr}} {binary}", shares_connections=False,
+                                        speaks_xmpp=False))
             else:
                 log("Go reference not available (no Go toolchain or source): skipped")
         else:
@@ -193,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                     for fe in fes:  # back to back: the frontends alternate within each run
                         if sc.kind == "shared" and not fe.shares_connections:
                             continue  # one connection per room: 100,000 rooms would not fit its fd limit
+                        if sc.kind == "xmpp" and not fe.speaks_xmpp:
+                            continue  # IRC only (the Go reference): reported as "not run"
                         log(f"{fe.label}: {sc.name} run {run}/{runs} ...")
                         row = run_one(sc, fe, opts)
                         row["run"] = run
@@ -207,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         for s in summaries:
             fh.write(json.dumps(s) + "\n")
     command = "python -m tests.bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    xmpp = (f", {meta.get('prosody')}, slixmpp {meta.get('slixmpp')}"
+            if any(sc.kind == "xmpp" for sc in scenarios) else "")
     header = (f"{meta.get('cores')} cores, {meta.get('cpu')}; Python {meta['python']}, gevent {meta.get('gevent')}, "
-              f"{meta.get('redis_server')}, {meta.get('inspircd')}, {meta.get('go') or 'no Go'}\n"
+              f"{meta.get('redis_server')}, {meta.get('inspircd')}, {meta.get('go') or 'no Go'}{xmpp}\n"
               f"command: {command}; runs: {runs}; idle window {opts.idle_s:.0f} s\n")
     table_path = out.with_suffix(".md")
     table_path.write_text(header + "\n" + text + "\n")
@@ -221,8 +244,10 @@ def main(argv: list[str] | None = None) -> int:
 def brief(row: dict) -> str:
     if not row.get("ok"):
         return f"FAILED ({row.get('duration_s')} s): {str(row.get('error'))[:300]}"
-    keys = ["join_s", "rss_kb_per_room", "idle_cpu_pct", "connections", "msgs_per_s", "cpu_us_per_msg",
-            "lat_p50_ms", "lat_p99_ms", "source_cpu_pct", "sink_cpu_pct"]
+    traffic = ["msgs_per_s", "cpu_us_per_msg", "lat_p50_ms", "lat_p99_ms", "source_cpu_pct", "sink_cpu_pct",
+               "server_cpu_pct"]
+    keys = (["join_s", "rss_kb_per_room", "idle_cpu_pct", "connections"] + traffic
+            + [p + k for p in ("in_", "out_") for k in traffic])
     parts = [f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys
              if row.get(k) is not None]
     return " ".join(parts) + f" ({row.get('duration_s')} s)"

@@ -1,4 +1,5 @@
-"""The scenarios: one run of one scenario against one frontend, in a fresh Redis + InspIRCd + ticker.
+"""The scenarios: one run of one scenario against one frontend, in a fresh Redis + InspIRCd + ticker
+(XMPP: a fresh Redis + prosody).
 
 Scenario names (``--scenario``):
   rooms:N            join N rooms, each its own connection (distinct nicks): join time, RSS per room, idle CPU
@@ -6,6 +7,10 @@ Scenario names (``--scenario``):
   inbound:K:M        M chat lines over K rooms -> ``messages``, as fast as possible
   inbound:K:M@R      the same, paced at R lines/s
   outbound:K:M[@R]   M ``say`` commands over K rooms -> lines seen by a listening client
+  xmpp:N:M@R         N MUC rooms joined by one bot JID (one shared XMPP stream): join time, RSS per room,
+                     idle CPU; then M lines inbound (a human client's groupchat messages -> ``messages``)
+                     and M ``say`` commands outbound (-> the human client), both paced at R lines/s.
+                     Only for frontends that speak XMPP (not the Go reference)
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 import redis
 
 from tests.bench import procs
-from tests.bench.servers import ROOT, InspIRCd, RedisServer
+from tests.bench.servers import ROOT, InspIRCd, Prosody, RedisServer
 
 
 def procs_bin(name: str):
@@ -42,7 +47,7 @@ class ScenarioFailed(Exception):
 @dataclass
 class Scenario:
     name: str
-    kind: str            # rooms | shared | inbound | outbound
+    kind: str            # rooms | shared | inbound | outbound | xmpp
     rooms: int
     messages: int = 0
     rate: float = 0.0    # lines per second; 0: as fast as possible
@@ -50,9 +55,13 @@ class Scenario:
 
     @classmethod
     def parse(cls, text: str) -> "Scenario":
-        m = re.fullmatch(r"(rooms):(\d+)|(shared):(\d+):(\d+)|(inbound|outbound):(\d+):(\d+)(?:@(\d+))?", text)
-        if not m:
-            raise ValueError(f"bad scenario {text!r}: rooms:N, shared:N:C, inbound:K:M[@R], outbound:K:M[@R]")
+        m = re.fullmatch(r"(rooms):(\d+)|(shared):(\d+):(\d+)|(inbound|outbound):(\d+):(\d+)(?:@(\d+))?"
+                         r"|(xmpp):(\d+):(\d+)@(\d+)", text)
+        if not m or (m.group(10) and int(m.group(13)) <= 0):
+            raise ValueError(f"bad scenario {text!r}: rooms:N, shared:N:C, inbound:K:M[@R], outbound:K:M[@R], "
+                             "xmpp:N:M@R")
+        if m.group(10):
+            return cls(text, "xmpp", int(m.group(11)), int(m.group(12)), float(m.group(13)))
         if m.group(1):
             return cls(text, "rooms", int(m.group(2)))
         if m.group(3):
@@ -68,6 +77,9 @@ class Scenario:
             return f"{self.rooms:,} rooms, own connections"
         if self.kind == "shared":
             return f"{self.rooms:,} rooms over {self.nicks:,} connections"
+        if self.kind == "xmpp":
+            return (f"XMPP {self.rooms:,} MUC rooms over one stream, {self.messages:,} lines each way, "
+                    f"paced {self.rate:,.0f}/s")
         how = f"paced {self.rate:,.0f}/s" if self.paced else "max speed"
         return f"{self.kind} {self.rooms:,} rooms, {self.messages:,} lines, {how}"
 
@@ -78,6 +90,7 @@ class FrontendSpec:
     cmd: str                      # may hold {redis_url}, {redis_addr} and {free_port}
     env: dict = field(default_factory=dict)
     shares_connections: bool = True
+    speaks_xmpp: bool = True      # False: xmpp:… scenarios are not run (the Go reference is IRC only)
 
 
 @dataclass
@@ -99,9 +112,9 @@ def log(msg: str) -> None:
 class Worker:
     """A tests.bench.workers process: READY / GO / DONE over its stdin and stdout."""
 
-    def __init__(self, role: str, cfg: dict, workdir: str) -> None:
+    def __init__(self, role: str, cfg: dict, workdir: str, name: str | None = None) -> None:
         self.role = role
-        self.log_path = os.path.join(workdir, f"{role}.log")
+        self.log_path = os.path.join(workdir, f"{name or role}.log")
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = procs.spawn([sys.executable, "-m", "tests.bench.workers", role, json.dumps(cfg)],
                                 env=env, log_path=self.log_path, stdin=subprocess.PIPE,
@@ -218,13 +231,24 @@ def join_spec(port: int, nick: str, channel: str) -> dict:
             "channel": channel, "key": None, "password": None, "sasl": None, "flood": False}
 
 
-def join_rooms(r: redis.Redis, fe: FrontendProcess, port: int, n: int, nick_of, timeout: float) -> dict:
-    """Push n joins (pipelined) and pop events until every room is joined or failed (or the timeout)."""
+XMPP_BOT = ("bot", "bench-bot-pw")        # the frontend's account on the bench's prosody
+XMPP_HUMAN = ("human", "bench-human-pw")  # the human client's
+
+
+def xmpp_join_spec(prosody: Prosody, k: int) -> dict:
+    """Room r<k> in MUC r<k>@conference.localhost; every room has the same bot JID: one shared stream."""
+    return {"protocol": "xmpp", "jid": f"{XMPP_BOT[0]}@{prosody.domain}", "password": XMPP_BOT[1],
+            "muc": f"r{k}@{prosody.muc_domain}", "nick": "bot", "host": prosody.host, "port": prosody.port,
+            "tls": False, "room_password": None}
+
+
+def join_rooms(r: redis.Redis, fe: FrontendProcess, n: int, spec_of, timeout: float) -> dict:
+    """Push n joins of rooms r<k> with spec_of(k) (pipelined) and pop events until every room is joined or
+    failed (or the timeout)."""
     t0 = time.monotonic()
     pipe = r.pipeline(transaction=False)
     for start in range(0, n, 1000):
-        pipe.rpush("control", *[json.dumps({"type": "join", "room": f"r{k}",
-                                            "spec": join_spec(port, nick_of(k), f"#r{k}")})
+        pipe.rpush("control", *[json.dumps({"type": "join", "room": f"r{k}", "spec": spec_of(k)})
                                 for k in range(start, min(n, start + 1000))])
     pipe.execute()
     joined: set[str] = set()
@@ -274,9 +298,17 @@ class Bench:
         self.stack.callback(self._cleanup_dir)
         self.redis_srv = RedisServer(self.dir).start()
         self.stack.callback(self.redis_srv.stop)
+        self.r = redis.Redis.from_url(self.redis_srv.url)
+        if self.sc.kind == "xmpp":  # prosody only: no IRC server, no ticker
+            os.chmod(self.dir, 0o755)  # prosody runs as user prosody (when we are root): it must reach its dir
+            self.prosody = Prosody(os.path.join(self.dir, "prosody"), self.sc.rooms)
+            self.stack.callback(self.prosody.stop)
+            self.prosody.start(timeout=20)
+            for user, password in (XMPP_BOT, XMPP_HUMAN):
+                self.prosody.create_user(user, password)
+            return self
         self.ircd = InspIRCd(self.dir).start()
         self.stack.callback(self.ircd.stop)
-        self.r = redis.Redis.from_url(self.redis_srv.url)
         self.ticker = self.worker("ticker", {"port": self.ircd.port})
         self.ticker.expect("READY", 30)
         return self
@@ -290,8 +322,8 @@ class Bench:
         else:
             log(f"kept {self.dir}")
 
-    def worker(self, role: str, cfg: dict) -> Worker:
-        w = Worker(role, cfg, self.dir)
+    def worker(self, role: str, cfg: dict, name: str | None = None) -> Worker:
+        w = Worker(role, cfg, self.dir, name)
         self.stack.callback(w.close)
         return w
 
@@ -325,6 +357,8 @@ class Bench:
         kind = self.sc.kind
         if kind in ("rooms", "shared"):
             return self.run_rooms()
+        if kind == "xmpp":
+            return self.run_xmpp()
         return self.run_traffic()
 
     # rooms N / shared N:C
@@ -340,13 +374,19 @@ class Bench:
             nick_of = lambda k: f"b{k}"  # noqa: E731
             timeout = min(600.0, 45 + sc.rooms * 0.006)
         fe = self.start_frontend(extra)
+        port = self.ircd.port
+        return self.measure_rooms(fe, lambda k: join_spec(port, nick_of(k), f"#r{k}"), timeout, port)
+
+    def measure_rooms(self, fe: FrontendProcess, spec_of, timeout: float, port: int) -> dict:
+        """Join time, RSS per room, idle CPU and connections to ``port`` for sc.rooms joins of spec_of(k)."""
+        sc = self.sc
         time.sleep(1.0)
         samples = []
         for _ in range(3):
             samples.append(procs.rss_kb(fe.pids))
             time.sleep(0.1)
         base = min(samples)
-        res = join_rooms(self.r, fe, self.ircd.port, sc.rooms, nick_of, timeout)
+        res = join_rooms(self.r, fe, sc.rooms, spec_of, timeout)
         if res["joined"] < sc.rooms:
             res["ok"] = False
             res["error"] = (f"{res['joined']}/{sc.rooms} joined"
@@ -364,7 +404,7 @@ class Bench:
             "rss_base_mb": base / 1024, "rss_mb": rss / 1024,
             "rss_kb_per_room": (rss - base) / max(1, res["joined"]),
             "idle_s": t1 - t0, "idle_cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100,
-            "connections": procs.tcp_connections_to(fe.pids, self.ircd.port),
+            "connections": procs.tcp_connections_to(fe.pids, port),
         })
         return res
 
@@ -372,42 +412,59 @@ class Bench:
     def run_traffic(self) -> dict:
         sc = self.sc
         fe = self.start_frontend()
-        res = join_rooms(self.r, fe, self.ircd.port, sc.rooms, lambda k: f"b{k}", 45 + sc.rooms * 0.006)
+        port = self.ircd.port
+        res = join_rooms(self.r, fe, sc.rooms, lambda k: join_spec(port, f"b{k}", f"#r{k}"),
+                         45 + sc.rooms * 0.006)
         if res["joined"] < sc.rooms:
             raise ScenarioFailed(f"only {res['joined']}/{sc.rooms} rooms joined; "
                                  f"e.g. {res['join_error_sample']}")
         time.sleep(1.0)
-        duration = sc.messages / sc.rate if sc.paced else 0
-        deadline_s = (duration + 60) if sc.paced else (60 + sc.messages / 10_000)
-        idle_s = 10.0
+        deadline_s, idle_s = self.load_deadline()
         if sc.kind == "inbound":
             sink = self.worker("collector", {"redis_url": self.redis_srv.url, "messages": sc.messages,
                                              "idle_s": idle_s, "deadline_s": deadline_s})
-            source = self.worker("sender", {"port": self.ircd.port, "rooms": sc.rooms, "messages": sc.messages,
+            source = self.worker("sender", {"port": port, "rooms": sc.rooms, "messages": sc.messages,
                                             "rate": sc.rate, "conns": self.opts.sender_conns})
         else:
-            sink = self.worker("listener", {"port": self.ircd.port, "rooms": sc.rooms, "messages": sc.messages,
+            sink = self.worker("listener", {"port": port, "rooms": sc.rooms, "messages": sc.messages,
                                             "idle_s": idle_s, "deadline_s": deadline_s})
             source = self.worker("pusher", {"redis_url": self.redis_srv.url, "rooms": sc.rooms,
                                             "messages": sc.messages, "rate": sc.rate})
-        sink.expect("READY", 180)
-        source.expect("READY", 180)
+        res.update(self.measure_load(fe, sc.kind, sink, source, deadline_s, idle_s))
+        return res
+
+    def load_deadline(self) -> tuple[float, float]:
+        """(deadline for the sink after GO, idle time after which the sink stops waiting), in seconds."""
+        sc = self.sc
+        duration = sc.messages / sc.rate if sc.paced else 0
+        return ((duration + 60) if sc.paced else (60 + sc.messages / 10_000)), 10.0
+
+    def measure_load(self, fe: FrontendProcess, direction: str, sink: Worker, source: Worker,
+                     deadline_s: float, idle_s: float, ready_timeout: float = 180,
+                     server_pid: int | None = None) -> dict:
+        """GO to both workers (READY first), wait for their DONE; lines/s, CPU per line, latency, loss
+        (and the chat server's CPU over the same window when ``server_pid`` is given)."""
+        sc = self.sc
+        sink.expect("READY", ready_timeout)
+        source.expect("READY", ready_timeout)
         time.sleep(0.5)
         self.r.delete("messages")  # e.g. user_joined events for the listener
         fe.check_alive()
         events_out = 0
-        with self.profiled(fe, "load"), procs.Sampler(fe.pids) as smp:
+        server = procs.Sampler([server_pid], interval=0.25) if server_pid else contextlib.nullcontext()
+        with self.profiled(fe, "load" if direction == sc.kind else direction), procs.Sampler(fe.pids) as smp, \
+                server:
             sink.go()
             source.go()
             wait_until = time.monotonic() + deadline_s + idle_s + 30
             src = snk = None
             while snk is None:
                 if time.monotonic() > wait_until:
-                    raise ScenarioFailed("load generators did not finish in time")
+                    raise ScenarioFailed(f"load generators did not finish in time ({direction})")
                 if src is None:
                     src = source.poll_done(0.2)
                 snk = sink.poll_done(0.3)
-                if sc.kind == "outbound":  # a backend would consume these: keep `messages` from piling up
+                if direction == "outbound":  # a backend would consume these: keep `messages` from piling up
                     pipe = self.r.pipeline()
                     pipe.llen("messages")
                     pipe.delete("messages")
@@ -415,13 +472,13 @@ class Bench:
             if src is None:
                 src = source.expect("DONE", 30)
         fe.check_alive()
-        if sc.kind == "outbound":
+        if direction == "outbound":
             events_out += self.r.llen("messages")
         t_start, t_last = src["t_start"], snk["t_last"] or snk.get("t_first") or src["t_end"]
         window = max(1e-9, (t_last - t_start) / 1e9)
         cpu = smp.cpu_at(t_last) - smp.cpu_at(t_start)
         count = snk["count"]
-        res.update({
+        res = {
             "sent": src["sent"], "received": count, "lost": src["sent"] - count, "stop": snk["stop"],
             "window_s": window, "msgs_per_s": count / window,
             "fe_cpu_s": cpu, "cpu_us_per_msg": cpu / max(1, count) * 1e6, "fe_cpu_pct": cpu / window * 100,
@@ -429,11 +486,16 @@ class Bench:
             # a preloaded pusher only RENAMEs at GO: no generator runs while the frontend works
             "source_cpu_pct": None if src.get("preloaded") else src["cpu_s"] / max(1e-9, src["wall_s"]) * 100,
             "sink_cpu_pct": snk["cpu_s"] / max(1e-9, (snk["t_last"] or t_last) / 1e9 - t_start / 1e9) * 100,
-        })
+        }
+        if server_pid:  # e.g. prosody: is the chat server the bottleneck?
+            res["server_cpu_pct"] = (server.cpu_at(t_last) - server.cpu_at(t_start)) / window * 100
+        for who, done in (("source", src), ("sink", snk)):
+            if "max_rss_mb" in done:  # the XMPP human client: slixmpp's memory with the GC off
+                res[f"{who}_max_rss_mb"] = done["max_rss_mb"]
         for k in ("lat_p50_ms", "lat_p99_ms", "lat_max_ms", "lat_mean_ms"):
-            if k in snk and not (sc.kind == "outbound" and not sc.paced):  # preloaded: no per-line send time
+            if k in snk and not (direction == "outbound" and not sc.paced):  # preloaded: no per-line send time
                 res[k] = snk[k]
-        if sc.kind == "inbound":
+        if direction == "inbound":
             res["error_events"] = snk.get("errors", 0)
             if snk.get("error_samples"):
                 res["error_samples"] = snk["error_samples"]
@@ -444,6 +506,41 @@ class Bench:
         if count < src["sent"]:
             res["ok"] = False
             res["error"] = f"{count}/{src['sent']} lines arrived (stopped: {snk['stop']})"
+        return res
+
+    # xmpp N:M@R
+    def run_xmpp(self) -> dict:
+        """The rooms figures for N MUC rooms on one bot JID, then M lines inbound and M outbound."""
+        sc, prosody = self.sc, self.prosody
+        fe = self.start_frontend()
+        res = self.measure_rooms(fe, lambda k: xmpp_join_spec(prosody, k), min(600.0, 60 + sc.rooms * 0.05),
+                                 prosody.port)
+        if res["joined"] < sc.rooms:
+            return res  # a failure row already (measure_rooms): no traffic without every room
+        deadline_s, idle_s = self.load_deadline()
+        human = {"host": prosody.host, "port": prosody.port, "jid": f"{XMPP_HUMAN[0]}@{prosody.domain}",
+                 "password": XMPP_HUMAN[1], "muc_domain": prosody.muc_domain, "rooms": sc.rooms,
+                 "messages": sc.messages, "rate": sc.rate, "idle_s": idle_s, "deadline_s": deadline_s,
+                 "join_timeout": 60 + sc.rooms * 0.05}
+        ready_timeout = 90 + sc.rooms * 0.1
+        for direction in ("inbound", "outbound"):
+            if direction == "inbound":
+                sink = self.worker("collector", {"redis_url": self.redis_srv.url, "messages": sc.messages,
+                                                 "idle_s": idle_s, "deadline_s": deadline_s})
+                source = self.worker("xmpp", {**human, "mode": "send", "nick": "hin"}, name="xmpp-send")
+            else:
+                sink = self.worker("xmpp", {**human, "mode": "listen", "nick": "hout"}, name="xmpp-listen")
+                source = self.worker("pusher", {"redis_url": self.redis_srv.url, "rooms": sc.rooms,
+                                                "messages": sc.messages, "rate": sc.rate})
+            part = self.measure_load(fe, direction, sink, source, deadline_s, idle_s, ready_timeout,
+                                     server_pid=prosody.proc.pid)
+            sink.close()
+            source.close()
+            prefix = "in_" if direction == "inbound" else "out_"
+            if part.pop("ok", True) is False:
+                res["ok"] = False
+                res["error"] = "; ".join(filter(None, [res.get("error"), f"{direction}: {part.pop('error')}"]))
+            res.update({prefix + k: v for k, v in part.items()})
         return res
 
 

@@ -1,4 +1,4 @@
-"""redis-server and InspIRCd for the bench: free loopback ports, temp dirs, always stopped."""
+"""redis-server, InspIRCd and prosody for the bench: free loopback ports, temp dirs, always stopped."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tests.bench import procs
+from tests.support.servers import ProsodyServer
 
 ROOT = Path(__file__).resolve().parents[2]
 INSPIRCD_TEMPLATE = ROOT / "configs" / "inspircd.conf.in"
@@ -102,6 +103,36 @@ class InspIRCd:
 
     def stop(self) -> None:
         procs.stop(self.proc, timeout=5)
+
+
+class Prosody(ProsodyServer):
+    """prosody for the XMPP scenario: the test suite's server (``tests/support/servers.py``, config from
+    ``configs/prosody.cfg.lua.in``: plaintext c2s on loopback, no ``mod_limits`` so no c2s rate limit, a
+    MUC component ``conference.localhost``) with a MUC room cache that holds every room of the run.
+
+    prosody keeps at most ``muc_room_cache_size`` (default 100) rooms live and swaps the least recently
+    used one to disk to make room for another, occupants and all; round robin over more rooms than that
+    would measure prosody's disk swapping. As root it runs as user ``prosody``, so ``workdir`` and its
+    parents must be traversable by that user (the bench makes its temp dir 0755).
+    """
+
+    # prosody leaves Nagle on (net.server_epoll ``nagle = true``): a small write waits for the ACK of the
+    # previous one, which a client acking lazily (delayed ACK) holds for up to 40 ms (see the InspIRCd
+    # notes in BENCHMARKS.md). Off here, so latency is the frontend's, not the server's socket options.
+    GLOBAL = "-- bench: TCP_NODELAY on every c2s socket\nnetwork_settings = { nagle = false }\n\n"
+
+    def __init__(self, workdir: str, rooms: int) -> None:
+        super().__init__(workdir)
+        self.rooms = rooms
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        with open(self.conf_path) as fh:
+            conf = fh.read()
+        with open(self.conf_path, "w") as fh:
+            fh.write(self.GLOBAL + conf)  # first: the global section
+            # last: the config ends in the MUC component's section
+            fh.write(f"\n\t-- bench: every room stays live\n\tmuc_room_cache_size = {max(100, 2 * self.rooms)}\n")
 
 
 def irc_register(port: int, nick: str, timeout: float = 30.0) -> tuple[socket.socket, bytes]:

@@ -14,6 +14,10 @@ Roles
 - pusher:    ``say`` commands to ``control``: paced RPUSHes (1 ms ticks), or for "as fast as possible"
              preloaded into a side list and RENAMEd to ``control`` at GO, so no generator runs while the
              frontend works.
+- xmpp:      a human XMPP client (slixmpp on a plain asyncio loop, no gevent in this process) joined to
+             the N MUCs ``r<k>@<muc domain>`` without history. ``"mode": "send"`` (inbound): groupchat
+             messages ``bench:<send ns>:<seq> <pad>`` round robin over the MUCs, paced (1 ms ticks);
+             ``"mode": "listen"`` (outbound): timestamps the bot's groupchat messages as they arrive.
 """
 
 from __future__ import annotations
@@ -361,7 +365,155 @@ def pusher(cfg: dict) -> None:
                  "wall_s": (t_end - t0) / 1e9, "preloaded": False})
 
 
-ROLES = {"ticker": ticker, "sender": sender, "listener": listener, "collector": collector, "pusher": pusher}
+# ---- XMPP: the human in the MUCs ------------------------------------------------------------------------
+
+STAMP_TEXT = re.compile(r"^bench:(\d+):")
+
+
+def max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def _stdin_line() -> str:
+    """One line from stdin without blocking the asyncio loop ('' on EOF)."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future = loop.create_future()
+    buf = bytearray()
+
+    def readable() -> None:
+        data = os.read(STDIN, 4096)
+        buf.extend(data)
+        if (not data or b"\n" in buf) and not got.done():
+            got.set_result(buf.split(b"\n", 1)[0].decode() if data else "")
+
+    loop.add_reader(STDIN, readable)
+    try:
+        return await got
+    finally:
+        loop.remove_reader(STDIN)
+
+
+async def _xmpp_client(cfg: dict):
+    """A connected slixmpp client (plaintext on loopback, PLAIN auth), joined to the N MUCs."""
+    import asyncio
+
+    import slixmpp
+    client = slixmpp.ClientXMPP(f"{cfg['jid']}/{cfg['nick']}{os.getpid()}", cfg["password"])
+    client.enable_direct_tls = client.enable_starttls = False
+    client.enable_plaintext = True
+    client.plugin["feature_mechanisms"].unencrypted_plain = True
+    for name in ("xep_0030", "xep_0004", "xep_0045"):
+        client.register_plugin(name)
+    started = asyncio.Event()
+    client.add_event_handler("session_start", lambda _: started.set())
+    failed: list[str] = []
+    client.add_event_handler("failed_auth", lambda _: failed.append("authentication failed"))
+    client.connect(cfg["host"], cfg["port"])
+    try:
+        await asyncio.wait_for(started.wait(), cfg.get("connect_timeout", 30))
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"{cfg['jid']}: no XMPP session within {cfg.get('connect_timeout', 30)}s"
+                           + (f" ({failed[0]})" if failed else "")) from None
+    plugin = client.plugin["xep_0045"]
+    mucs = [f"r{k}@{cfg['muc_domain']}" for k in range(cfg["rooms"])]
+    timeout = cfg.get("join_timeout", 120)
+
+    async def join(muc: str) -> None:
+        result = await plugin.join_muc_wait(muc, cfg["nick"], maxstanzas=0, timeout=timeout)
+        if 201 in result[0]["muc"]["status_codes"]:  # we created it: unlock it ("instant room")
+            await plugin.set_room_config(muc, client.plugin["xep_0004"].make_form(ftype="submit"))
+
+    for start in range(0, len(mucs), 50):  # 50 joins in flight at a time
+        await asyncio.gather(*[join(m) for m in mucs[start:start + 50]])
+    return client, mucs
+
+
+async def _xmpp_send(cfg: dict, client, mucs: list[str]) -> None:
+    import asyncio
+    total, rate = cfg["messages"], float(cfg["rate"])
+    pad, n = PAD.decode(), len(mucs)
+    say("READY", {"rooms": n})
+    if (await _stdin_line()).strip() != "GO":
+        return
+    cpu0 = cpu_self()
+    t0 = time.monotonic_ns()
+    seq = 0
+    tick_ns = 1_000_000
+    while seq < total:
+        now = time.monotonic_ns()
+        due = min(total, int((now - t0) * rate / 1e9) + 1)
+        for i in range(seq, due):
+            client.send_message(mto=mucs[i % n], mbody=f"bench:{time.monotonic_ns()}:{i} {pad}",
+                                mtype="groupchat")
+        seq = max(seq, due)
+        await asyncio.sleep(max(0.0, (now + tick_ns - time.monotonic_ns()) / 1e9))
+    while not client.waiting_queue.empty():  # slixmpp writes from its own task: wait until it wrote all
+        await asyncio.sleep(0.001)
+    t_end = time.monotonic_ns()
+    say("DONE", {"t_start": t0, "t_end": t_end, "sent": seq, "cpu_s": cpu_self() - cpu0,
+                 "wall_s": (t_end - t0) / 1e9, "max_rss_mb": max_rss_mb()})
+    await _stdin_line()  # stay in the rooms until told to stop: leaving could drop what is in flight
+
+
+async def _xmpp_listen(cfg: dict, client, mucs: list[str]) -> None:
+    import asyncio
+    expected, nick = cfg["messages"], cfg["nick"]
+    batches: list[tuple[int, list[str]]] = []
+    state = {"count": 0, "t_first": 0, "t_last": 0}
+
+    def on_groupchat(msg) -> None:
+        now = time.monotonic_ns()
+        if msg["from"].resource == nick:
+            return
+        m = STAMP_TEXT.match(msg["body"])
+        if m:
+            batches.append((now, [m.group(1)]))
+            state["count"] += 1
+            state["t_last"] = now
+            state["t_first"] = state["t_first"] or now
+
+    client.add_event_handler("groupchat_message", on_groupchat)
+    say("READY", {"rooms": len(mucs)})
+    if (await _stdin_line()).strip() != "GO":
+        return
+    cpu0 = cpu_self()
+    t_go = time.monotonic_ns()
+    idle_ns = int(cfg.get("idle_s", 10) * 1e9)
+    end_ns = t_go + int(cfg.get("deadline_s", 120) * 1e9)
+    reason = "complete"
+    while state["count"] < expected:
+        await asyncio.sleep(0.05)
+        now = time.monotonic_ns()
+        if now > end_ns:
+            reason = "deadline"
+            break
+        if now - (state["t_last"] or t_go) > idle_ns:
+            reason = "idle"
+            break
+    cpu = cpu_self() - cpu0
+    say("DONE", {"count": state["count"], "t_first": state["t_first"], "t_last": state["t_last"],
+                 "stop": reason, "cpu_s": cpu, "max_rss_mb": max_rss_mb(),
+                 "wall_s": ((state["t_last"] or time.monotonic_ns()) - t_go) / 1e9,
+                 **latency_summary(batches)})
+
+
+def xmpp(cfg: dict) -> None:
+    import asyncio
+
+    async def run() -> None:
+        client, mucs = await _xmpp_client(cfg)
+        try:
+            await (_xmpp_send if cfg["mode"] == "send" else _xmpp_listen)(cfg, client, mucs)
+        finally:
+            client.disconnect(wait=0.5)
+            await asyncio.sleep(0.2)
+
+    asyncio.run(run())
+
+
+ROLES = {"ticker": ticker, "sender": sender, "listener": listener, "collector": collector, "pusher": pusher,
+         "xmpp": xmpp}
 
 
 def main() -> None:
