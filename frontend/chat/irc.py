@@ -4,12 +4,13 @@ Greenlets per connection: ``main`` connects, registers and then blocks reading t
 polling loop, so an idle connection costs no CPU); ``writer`` sends the rooms' lines from a fair,
 flood-controlled SendQueue, several lines per write. The writer lives only while there is something
 to write: spawned when a line is queued, it ends once the queue has been empty for ``WRITER_LINGER``
-seconds (a parked greenlet costs about 8 KB, and most connections are quiet most of the time). Registration has a socket timeout; after it the
-socket blocks without one (a gevent Timeout per ``recv`` costs CPU on busy links) and liveness is one
-hub timer per connection: a connection silent for ``ping_interval`` gets a PING, and one still silent
-``ping_timeout`` later is shut down, which ends the blocked ``recv``.
-A dropped connection reconnects with capped exponential backoff and full jitter, then rejoins.
-Registration (CAP, SASL, nick fallbacks) lives here; the channels and their events in ``irc_channels``.
+seconds (a parked greenlet costs about 8 KB, and most connections are quiet most of the time).
+Registration has a socket timeout; after it the socket blocks without one (a gevent Timeout per
+``recv`` costs CPU on busy links) and liveness is one hub timer per connection: a connection silent
+for ``ping_interval`` gets a PING, and one still silent ``ping_timeout`` later is shut down, which
+ends the blocked ``recv``. A dropped connection reconnects with capped exponential backoff and full
+jitter, then rejoins. Registration (CAP, SASL, nick fallbacks) lives here; the channels and their
+events in ``irc_channels``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ SASL_FAILED = {"902", "904", "905", "906", "908"}
 NICK_TAKEN = {"432", "433", "436", "437"}
 WRITE_BATCH = 256
 #: a writer with nothing to write for this long ends; a busy connection keeps its writer (a spawn costs
-#: 10-15 µs of CPU, see ``tests/bench/floor.py``), a quiet one holds no greenlet for it
+#: 15-25 µs of CPU, see ``tests/bench/floor.py``), a quiet one holds no greenlet for it
 WRITER_LINGER = 2.0
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 

@@ -39,6 +39,11 @@ ERROR_EVENT = re.compile(rb'"type":\s*"error"')
 STDIN = sys.stdin.fileno()
 
 
+def lines_due(t0_ns: int, now_ns: int, rate: float, total: int) -> int:
+    """How many of ``total`` lines paced at ``rate``/s from ``t0_ns`` should have gone by ``now_ns``."""
+    return min(total, int((now_ns - t0_ns) * rate / 1e9) + 1)
+
+
 def say(word: str, payload: dict | None = None) -> None:
     sys.stdout.write(f"{word} {json.dumps(payload or {})}\n")
     sys.stdout.flush()
@@ -148,7 +153,7 @@ def sender(cfg: dict) -> None:
         now = time.monotonic_ns()
         if seq < total:
             if rate:
-                due = min(total, int((now - t0) * rate / 1e9) + 1)
+                due = lines_due(t0, now, rate, total)
             else:
                 due = min(total, seq + chunk) if sum(map(len, pend)) < high * nconn else seq
             if due > seq:
@@ -352,7 +357,7 @@ def pusher(cfg: dict) -> None:
     tick_ns = 1_000_000
     while seq < total:
         now = time.monotonic_ns()
-        due = min(total, int((now - t0) * rate / 1e9) + 1)
+        due = lines_due(t0, now, rate, total)
         if due > seq:
             ts = b"%d" % now
             r.rpush(key, *[_say_cmd(i % k_rooms, ts, i) for i in range(seq, due)])
@@ -442,7 +447,7 @@ async def _xmpp_send(cfg: dict, client, mucs: list[str]) -> None:
     tick_ns = 1_000_000
     while seq < total:
         now = time.monotonic_ns()
-        due = min(total, int((now - t0) * rate / 1e9) + 1)
+        due = lines_due(t0, now, rate, total)
         for i in range(seq, due):
             client.send_message(mto=mucs[i % n], mbody=f"bench:{time.monotonic_ns()}:{i} {pad}",
                                 mtype="groupchat")
