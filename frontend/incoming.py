@@ -2,8 +2,9 @@
 
 Each item is moved atomically (BLMOVE) into this frontend's in-flight list, so a crash between the pop
 and the chat server never loses it: the item leaves the in-flight list only when its room wrote it
-to the chat socket or it was rejected (``Outbox.ack``). After a blocking pop the dispatcher drains
-what else is waiting with pipelined LMOVEs, so a burst costs one round trip per hundred commands.
+to the chat socket or it was rejected (``Outbox.ack``). The blocking pop is sent together with a
+script that moves what else is waiting (up to ``control_drain`` items), and both replies come back in
+one round trip, so a burst costs one round trip per few hundred commands and a lone command one.
 Bad input is dead-lettered with its reason; nothing a client sends can stop this loop.
 """
 
@@ -51,7 +52,6 @@ class IncomingDispatcher:
         self._stopping = gevent.event.Event()
         self._greenlet: gevent.Greenlet | None = None
         self._backoff = Backoff(REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP)
-        self._drain_script = frontend.redis.register_script(_DRAIN)
 
     # ---------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -78,12 +78,10 @@ class IncomingDispatcher:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                raw = self._blocking.blmove(self._control, self._inflight, self._block, "LEFT", "RIGHT")
-                if raw is None:
-                    continue
-                batch = [raw]
-                batch.extend(self._drain())
+                batch = self._pop_batch()
                 self._backoff.reset()
+                if not batch:
+                    continue
             except REDIS_ANY as exc:
                 COUNTS["redis_reconnects:incoming"] += 1
                 delay = self._backoff.next()
@@ -96,10 +94,27 @@ class IncomingDispatcher:
             for raw in batch:
                 self.handle(raw)
 
-    def _drain(self) -> list[bytes]:
-        """What else is waiting, up to ``control_drain`` items, moved atomically in one round trip."""
-        return self._drain_script(keys=[self._control, self._inflight],
-                                  args=[self.frontend.settings.control_drain])
+    def _pop_batch(self) -> list[bytes]:
+        """Block for the next command, and take what else is waiting with it, in one round trip.
+
+        BLMOVE and the drain script go out in one write. Redis runs a blocked client's next command
+        only after the blocking one returns, so the script sees everything that arrived with the
+        first item. (redis-py's pipeline would check out a second connection and poll it first; the
+        connection's own send and parse calls do neither.)
+        """
+        client = self._blocking
+        conn = client.connection
+        try:
+            conn.send_packed_command(conn.pack_commands([
+                ("BLMOVE", self._control, self._inflight, "LEFT", "RIGHT", self._block),
+                ("EVAL", _DRAIN, 2, self._control, self._inflight, self.frontend.settings.control_drain),
+            ]))
+            first = client.parse_response(conn, "BLMOVE")
+            rest = client.parse_response(conn, "EVAL")
+        except BaseException:
+            conn.disconnect()  # a reply may be left unread: the next call starts on a new connection
+            raise
+        return rest if first is None else [first, *rest]
 
     # -------------------------------------------------------------------------------- routing
     def handle(self, raw: bytes) -> None:

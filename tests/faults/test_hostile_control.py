@@ -296,3 +296,34 @@ def test_an_empty_item_leaves_the_inflight_list(redis_url, redis_client, ngircd,
                 proc.terminate(timeout=10)
             except Exception:
                 proc.kill()
+
+
+def test_control_of_the_wrong_type_is_reported_and_the_dispatcher_resumes(redis_url, redis_client, ngircd,
+                                                                          tmp_path):
+    """`control` that is not a list makes both replies of the pop (BLMOVE and the drain script, sent
+    in one write) an error: the dispatcher logs it, backs off, and once `control` is a list again the
+    commands flow, in order."""
+    prefix = uniq("wt") + ":"
+    room, chan = uniq("wr"), "#" + uniq("wc")
+    log_path = str(tmp_path / "frontend.log")
+    redis_client.set(prefix + "control", "not a list")
+    proc = FrontendProcess(redis_url, log_path, frontend_id=uniq("wrongtype-"), key_prefix=prefix).start()
+    try:
+        wait_until(lambda: "WRONGTYPE" in log_tail(log_path, 4000), 15, what="the error in the log")
+        assert proc_alive(proc.proc)
+        redis_client.delete(prefix + "control")
+        events = EventLog(redis_url, key=prefix + "messages")
+        push(redis_client, {"type": "join", "room": room, "spec": irc_spec(ngircd, chan, nick=uniq("wb"))},
+             key=prefix + "control")
+        events.wait(30, type="joined", room=room)
+        push(redis_client, *[{"type": "ping", "room": room, "cmd_id": i} for i in range(50)],
+             key=prefix + "control")
+        assert [events.wait(10, type="pong", room=room)["cmd_id"] for _ in range(50)] == list(range(50))
+    finally:
+        if proc_alive(proc.proc):
+            try:
+                proc.terminate(timeout=10)
+            except Exception:
+                proc.kill()
+        for key in redis_client.scan_iter(match=prefix + "*"):
+            redis_client.delete(key)
