@@ -32,7 +32,7 @@ from .metrics import MetricsServer
 from .outgoing import Outbox
 from .pacing import Backoff
 from .protocol import Spec, decode, parse_spec
-from .redis_conn import REDIS_ERRORS, shared_client
+from .redis_conn import REDIS_ERRORS, DirectLink, shared_client
 from .recovery import Recovery
 from .room import Room
 from .sessions import SessionPool
@@ -73,7 +73,7 @@ class Frontend:
         self.redis: redis.Redis = shared_client(settings)
         #: commands popped and not yet acknowledged in Redis, as raw item -> count
         self.inflight: Counter[bytes] = Counter()
-        self.outbox = Outbox(self.redis, settings, self.keys, on_acked=self._acked)
+        self.outbox = Outbox(DirectLink(settings), settings, self.keys, on_acked=self._acked)
         self.sessions = SessionPool(settings, {"irc": IrcConnection, "xmpp": _xmpp_factory},
                                     pace_events=self.outbox.wait_for_room)
         self.rooms: dict[str, Room] = {}

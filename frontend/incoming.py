@@ -20,7 +20,7 @@ from .errors import ProtocolError
 from .metrics import COUNTS
 from .pacing import Backoff
 from .protocol import Command, decode, dead_letter, parse_command
-from .redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ANY, blocking_client
+from .redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ANY, DirectLink
 
 if TYPE_CHECKING:
     from .app import Frontend
@@ -48,7 +48,8 @@ class IncomingDispatcher:
         self._control = frontend.keys.control
         self._inflight = frontend.keys.inflight(settings.frontend_id)
         self._block = settings.control_block_timeout
-        self._blocking = blocking_client(settings, self._block)
+        # the socket timeout outlasts the block: redis-py raises TimeoutError otherwise
+        self._link = DirectLink(settings, socket_timeout=self._block + 5.0)
         self._stopping = gevent.event.Event()
         self._greenlet: gevent.Greenlet | None = None
         self._backoff = Backoff(REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP)
@@ -72,7 +73,7 @@ class IncomingDispatcher:
         self._stopping.set()
         if self._greenlet is not None:
             self._greenlet.kill(block=True, timeout=1)
-        self._blocking.close()
+        self._link.close()
 
     # ----------------------------------------------------------------------------------- the loop
     def _run(self) -> None:
@@ -99,21 +100,12 @@ class IncomingDispatcher:
 
         BLMOVE and the drain script go out in one write. Redis runs a blocked client's next command
         only after the blocking one returns, so the script sees everything that arrived with the
-        first item. (redis-py's pipeline would check out a second connection and poll it first; the
-        connection's own send and parse calls do neither.)
+        first item.
         """
-        client = self._blocking
-        conn = client.connection
-        try:
-            conn.send_packed_command(conn.pack_commands([
-                ("BLMOVE", self._control, self._inflight, "LEFT", "RIGHT", self._block),
-                ("EVAL", _DRAIN, 2, self._control, self._inflight, self.frontend.settings.control_drain),
-            ]))
-            first = client.parse_response(conn, "BLMOVE")
-            rest = client.parse_response(conn, "EVAL")
-        except BaseException:
-            conn.disconnect()  # a reply may be left unread: the next call starts on a new connection
-            raise
+        first, rest = self._link.round_trip([
+            ("BLMOVE", self._control, self._inflight, "LEFT", "RIGHT", self._block),
+            ("EVAL", _DRAIN, 2, self._control, self._inflight, self.frontend.settings.control_drain),
+        ])
         return rest if first is None else [first, *rest]
 
     # -------------------------------------------------------------------------------- routing

@@ -18,14 +18,13 @@ from typing import Any, Callable
 
 import gevent
 import gevent.event
-import redis
 
 from .config import Settings
 from .keys import Keys
 from .metrics import COUNTS, EVENT_LATENCY
 from .pacing import Backoff
 from .protocol import encode
-from .redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ANY
+from .redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ANY, DirectLink
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,9 @@ def new_event_id() -> str:
 class Outbox:
     """Buffers what rooms hand over and writes it to Redis from its own greenlet."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys,
+    def __init__(self, link: DirectLink, settings: Settings, keys: Keys,
                  on_acked: Callable[[list[bytes]], None] | None = None) -> None:
-        self._client = client
+        self._link = link
         self._on_acked = on_acked
         self._settings = settings
         self._keys = keys
@@ -136,6 +135,7 @@ class Outbox:
             self._greenlet.join(timeout)
             if not self._greenlet.dead:
                 self._greenlet.kill(block=False)
+        self._link.close()
         left = self.pending
         if left:
             log.warning("outgoing dispatcher stopped with %d items unwritten", left)
@@ -175,19 +175,20 @@ class Outbox:
         states, self._states = self._states, {}
         registry, self._registry = self._registry, {}
         try:
-            pipe = self._client.pipeline(transaction=False)
+            commands: list[tuple[Any, ...]] = []
             by_list: dict[str, list[bytes]] = {}
             for key, payload, _ in batch:
                 by_list.setdefault(key, []).append(payload)
             for key, payloads in by_list.items():
-                pipe.rpush(key, *payloads)
+                commands.append(("RPUSH", key, *payloads))
             if dead:
-                pipe.rpush(self._keys.dead, *dead)
-            _write_hash(pipe, self._keys.rooms, registry)
+                commands.append(("RPUSH", self._keys.dead, *dead))
+            _write_hash(commands, self._keys.rooms, registry)
             if acks:  # EVAL, not EVALSHA: nothing to reload after a Redis restart
-                pipe.eval(_ACK, 1, self._inflight, *acks)
-            _write_hash(pipe, self._keys.states, states)
-            pipe.execute()
+                commands.append(("EVAL", _ACK, 1, self._inflight, *acks))
+            _write_hash(commands, self._keys.states, states)
+            if commands:
+                self._link.round_trip(commands)
         except BaseException:
             # Put everything back in front, in order: a retry may duplicate (consumers de-duplicate
             # by event_id) but never loses an item.
@@ -207,11 +208,11 @@ class Outbox:
         self.redis_ok_at = time.monotonic()
 
 
-def _write_hash(pipe: Any, key: str, values: dict[str, bytes | None]) -> None:
+def _write_hash(commands: list[tuple[Any, ...]], key: str, values: dict[str, bytes | None]) -> None:
     """HDEL the fields mapped to None, HSET the others."""
     gone = [field for field, value in values.items() if value is None]
     if gone:
-        pipe.hdel(key, *gone)
-    mapping = {field: value for field, value in values.items() if value is not None}
-    if mapping:
-        pipe.hset(key, mapping=mapping)
+        commands.append(("HDEL", key, *gone))
+    pairs = [item for field, value in values.items() if value is not None for item in (field, value)]
+    if pairs:
+        commands.append(("HSET", key, *pairs))

@@ -1,12 +1,16 @@
 """Redis clients, all built on one retry policy.
 
-Blocking pops get a connection of their own whose socket timeout is longer than the block time
-(redis-py raises TimeoutError otherwise) and no automatic retry: a retried BLMOVE after a lost reply
-would strand an item, so the caller decides. Everything else shares a BlockingConnectionPool, so many
-greenlets queue for a connection instead of failing when the pool is exhausted.
+The two dispatchers, which talk to Redis for every batch, each own a ``DirectLink``: one connection,
+commands sent in one write and their replies read back, with no automatic retry (a retried BLMOVE
+after a lost reply would strand an item, a retried RPUSH duplicate one, so the caller decides). The
+blocking pop's link has a socket timeout longer than its block time. Everything else shares a
+BlockingConnectionPool, so many greenlets queue for a connection instead of failing when the pool is
+exhausted.
 """
 
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -40,10 +44,44 @@ def shared_client(settings: Settings, *, max_connections: int = 16) -> redis.Red
     return redis.Redis(connection_pool=pool)
 
 
-def blocking_client(settings: Settings, block_seconds: float) -> redis.Redis:
-    """A client with its own connection for blocking pops (BLMOVE) of at most ``block_seconds``."""
-    return redis.Redis.from_url(
-        settings.redis_url, socket_timeout=block_seconds + 5.0, socket_connect_timeout=3.0,
-        socket_keepalive=True, health_check_interval=0, retry=retry_policy(0),
-        single_connection_client=True,
-    )
+class DirectLink:
+    """One Redis connection for one greenlet: a batch of commands in one write, replies in one read.
+
+    redis-py's ``Pipeline`` checks a connection out of a pool and polls it before every use; under
+    gevent that poll costs more CPU than the round trip itself (``tests/bench``: 232 µs against 88 µs
+    for an RPUSH and an EVAL). The link connects on first use, so it can be built while Redis is down.
+    """
+
+    def __init__(self, settings: Settings, socket_timeout: float = 5.0) -> None:
+        self._client = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=socket_timeout, socket_connect_timeout=3.0,
+            socket_keepalive=True, health_check_interval=0, retry=retry_policy(0),
+        )
+        self._conn = self._client.connection_pool.make_connection()
+
+    def round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` (each ``(NAME, *args)``) in one write and return their replies in order.
+
+        The first error reply is raised once every reply is read. Any other failure (connection,
+        timeout, a kill) drops the connection, so a reply can never be left unread for the next batch.
+        """
+        conn, client = self._conn, self._client
+        replies: list[Any] = []
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            for command in commands:
+                try:
+                    replies.append(client.parse_response(conn, command[0]))
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        return replies
+
+    def close(self) -> None:
+        self._conn.disconnect()
+        self._client.close()
