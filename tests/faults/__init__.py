@@ -265,6 +265,15 @@ class Drain:
             self._greenlet.kill(block=True, timeout=2)
 
 
+def stop_process(proc: Any, timeout: float = 10.0) -> None:
+    """Stop a ``FrontendProcess`` (or None) that may still run: SIGTERM, then SIGKILL if that fails."""
+    if proc is not None and proc_alive(proc.proc):
+        try:
+            proc.terminate(timeout=timeout)
+        except Exception:
+            proc.kill()
+
+
 def proc_alive(proc: Any) -> bool:
     return proc is not None and proc.poll() is None
 

@@ -15,7 +15,7 @@ import time
 import pytest
 import ujson
 
-from tests.faults import EventLog, Observer, log_tail, proc_alive, report, uniq, wait_until
+from tests.faults import EventLog, Observer, log_tail, proc_alive, report, stop_process, uniq, wait_until
 from tests.support.frontend import FrontendProcess, irc_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
@@ -84,9 +84,5 @@ def test_backlog_drains_at_the_configured_rate_and_a_second_room_is_not_starved(
         assert proc_alive(proc.proc), log_tail(log_path)
         assert n_before_b >= 200
     finally:
-        if proc_alive(proc.proc):
-            try:
-                proc.terminate(timeout=10)
-            except Exception:
-                proc.kill()
+        stop_process(proc)
         observer.close()

@@ -20,7 +20,7 @@ import time
 import pytest
 import ujson
 
-from tests.faults import Observer, log_tail, proc_alive, report, uniq, wait_until
+from tests.faults import Observer, log_tail, proc_alive, report, stop_process, uniq, wait_until
 from tests.faults import EventLog
 from tests.support.frontend import FrontendProcess, irc_spec, push
 
@@ -247,11 +247,7 @@ def test_10000_hostile_items_are_dead_lettered_and_valid_ones_delivered(redis_ur
         report("hostile_control", bad=BAD_ITEMS, valid=VALID_SAYS, dead_by_code=codes,
                push_to_pongs_s=round(t_pong - t0, 2))
     finally:
-        if proc_alive(proc.proc):
-            try:
-                proc.terminate(timeout=10)
-            except Exception:
-                proc.kill()
+        stop_process(proc)
         observer.close()
 
 
@@ -273,11 +269,7 @@ def test_a_type_that_is_not_hashable_does_not_stop_the_dispatcher(redis_url, red
         wait_until(lambda: redis_client.llen("control:dead") == len(bad), 10, what="4 dead letters")
         assert proc_alive(proc.proc)
     finally:
-        if proc_alive(proc.proc):
-            try:
-                proc.terminate(timeout=10)
-            except Exception:
-                proc.kill()
+        stop_process(proc)
         observer.close()
 
 
@@ -291,11 +283,7 @@ def test_an_empty_item_leaves_the_inflight_list(redis_url, redis_client, ngircd,
         wait_until(lambda: redis_client.llen(f"control:inflight:{fe_id}") == 0, 5,
                    what="an empty in-flight list")
     finally:
-        if proc_alive(proc.proc):
-            try:
-                proc.terminate(timeout=10)
-            except Exception:
-                proc.kill()
+        stop_process(proc)
 
 
 def test_control_of_the_wrong_type_is_reported_and_the_dispatcher_resumes(redis_url, redis_client, ngircd,
@@ -320,10 +308,6 @@ def test_control_of_the_wrong_type_is_reported_and_the_dispatcher_resumes(redis_
              key=prefix + "control")
         assert [events.wait(10, type="pong", room=room)["cmd_id"] for _ in range(50)] == list(range(50))
     finally:
-        if proc_alive(proc.proc):
-            try:
-                proc.terminate(timeout=10)
-            except Exception:
-                proc.kill()
+        stop_process(proc)
         for key in redis_client.scan_iter(match=prefix + "*"):
             redis_client.delete(key)

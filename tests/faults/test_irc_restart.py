@@ -16,7 +16,7 @@ import time
 import pytest
 import ujson
 
-from tests.faults import EventLog, log_tail, proc_alive, report, uniq
+from tests.faults import EventLog, log_tail, proc_alive, report, stop_process, uniq
 from tests.support.frontend import FrontendProcess, irc_spec
 from tests.support.servers import NgircdServer
 from tests.support.tcp_proxy import TcpProxy
@@ -98,11 +98,7 @@ def test_500_rooms_rejoin_after_an_irc_server_restart_paced_and_within_the_cap(r
         states = redis_client.hgetall("rooms:state")
         assert sum(1 for v in states.values() if ujson.loads(v)["state"] == "joined") == ROOMS
     finally:
-        if proc_alive(proc.proc):
-            try:
-                proc.terminate(timeout=15)
-            except Exception:
-                proc.kill()
+        stop_process(proc, timeout=15)
         proxy.stop()
         ircd.stop()
 
@@ -128,9 +124,5 @@ def test_connects_never_exceed_connect_rate_in_any_second(redis_url, redis_clien
         report("connect_pacing", connect_rate=rate, connections=rooms, max_connects_in_1s=worst)
         assert worst <= rate + 1, f"{worst} connections started within one second, connect_rate is {rate:g}/s"
     finally:
-        if proc_alive(proc.proc):
-            try:
-                proc.terminate(timeout=15)
-            except Exception:
-                proc.kill()
+        stop_process(proc, timeout=15)
         proxy.stop()

@@ -19,8 +19,8 @@ import pytest
 import redis
 import ujson
 
-from tests.faults import (Drain, EventLog, Observer, log_tail, proc_alive, report, uniq, wait_until,
-                          with_port)
+from tests.faults import (Drain, EventLog, Observer, log_tail, proc_alive, report, stop_process, uniq,
+                          wait_until, with_port)
 from tests.support.frontend import FrontendProcess, irc_spec
 from tests.support.servers import RedisServer
 from tests.support.tcp_proxy import TcpProxy
@@ -29,14 +29,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
 
 PING = 1.5
 FREEZE = 15.0
-
-
-def _stop(proc) -> None:
-    if proc is not None and proc_alive(proc.proc):
-        try:
-            proc.terminate(timeout=10)
-        except Exception:
-            proc.kill()
 
 
 def _join(client, ngircd, rooms: dict, nick: str, port: int | None = None) -> None:
@@ -109,7 +101,7 @@ def test_redis_frozen_15s_then_everything_moves_again(ngircd, tmp_path):
     finally:
         if drain is not None:
             drain.stop()
-        _stop(proc)
+        stop_process(proc)
         observer.close()
         server.kill()
 
@@ -169,7 +161,7 @@ def test_redis_link_blackholed_then_reset(redis_server, redis_url, redis_client,
     finally:
         if drain is not None:
             drain.stop()
-        _stop(proc)
+        stop_process(proc)
         proxy.stop()
         observer.close()
 
@@ -223,6 +215,6 @@ def test_irc_link_blackholed_then_reset(redis_url, redis_client, ngircd, tmp_pat
         assert t_rejoin2 - t_reset <= 3.0
         assert proc_alive(proc.proc), log_tail(log_path)
     finally:
-        _stop(proc)
+        stop_process(proc)
         proxy.stop()
         observer.close()

@@ -16,7 +16,8 @@ import gevent
 import pytest
 import ujson
 
-from tests.faults import Drain, EventLog, Observer, count_dups, log_tail, proc_alive, report, uniq, wait_until
+from tests.faults import (Drain, EventLog, Observer, count_dups, log_tail, proc_alive, report, stop_process,
+                          uniq, wait_until)
 from tests.support.frontend import FrontendProcess, irc_spec
 from tests.support.servers import RedisServer, find_binary
 
@@ -105,9 +106,5 @@ def test_redis_killed_while_5000_lines_arrive_loses_none(ngircd, tmp_path):
             drain.stop()
         for s in senders:
             s.close()
-        if proc_alive(proc.proc):
-            try:
-                proc.terminate(timeout=10)
-            except Exception:
-                proc.kill()
+        stop_process(proc)
         server.kill()
