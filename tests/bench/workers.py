@@ -39,9 +39,29 @@ ERROR_EVENT = re.compile(rb'"type":\s*"error"')
 STDIN = sys.stdin.fileno()
 
 
+TICK_NS = 1_000_000  # paced senders send what is due once a millisecond
+
+
 def lines_due(t0_ns: int, now_ns: int, rate: float, total: int) -> int:
     """How many of ``total`` lines paced at ``rate``/s from ``t0_ns`` should have gone by ``now_ns``."""
     return min(total, int((now_ns - t0_ns) * rate / 1e9) + 1)
+
+
+def paced_ticks(t0_ns: int, rate: float, total: int):
+    """Yield ``(range of line numbers due, tick start ns)`` once per tick until ``total`` are due.
+
+    The caller sends the range, then sleeps ``tick_left(tick start)``."""
+    seq = 0
+    while seq < total:
+        now = time.monotonic_ns()
+        due = lines_due(t0_ns, now, rate, total)
+        yield range(seq, due), now
+        seq = max(seq, due)
+
+
+def tick_left(tick_start_ns: int) -> float:
+    """Seconds left of the tick that started at ``tick_start_ns`` (0 when it is over)."""
+    return max(0.0, (tick_start_ns + TICK_NS - time.monotonic_ns()) / 1e9)
 
 
 def say(word: str, payload: dict | None = None) -> None:
@@ -148,7 +168,6 @@ def sender(cfg: dict) -> None:
     seq, loops = 0, 0
     chunk = int(cfg.get("chunk", 1024))
     high = 256 * 1024
-    tick_ns = 1_000_000
     while seq < total or any(pend):
         now = time.monotonic_ns()
         if seq < total:
@@ -177,9 +196,9 @@ def sender(cfg: dict) -> None:
             for s in socks:
                 drain(s, notes)
         if rate:
-            wait = (now + tick_ns - time.monotonic_ns()) / 1e9
+            wait = tick_left(now)
             if blocked:
-                poller.poll(max(0.0, wait) * 1000)
+                poller.poll(wait * 1000)
             elif wait > 0:
                 time.sleep(wait)
         elif blocked and seq >= total or sum(map(len, pend)) >= high * nconn:
@@ -353,20 +372,15 @@ def pusher(cfg: dict) -> None:
     wait_go()
     cpu0 = cpu_self()
     t0 = time.monotonic_ns()
-    seq = 0
-    tick_ns = 1_000_000
-    while seq < total:
-        now = time.monotonic_ns()
-        due = lines_due(t0, now, rate, total)
-        if due > seq:
+    for batch, now in paced_ticks(t0, rate, total):
+        if batch:
             ts = b"%d" % now
-            r.rpush(key, *[_say_cmd(i % k_rooms, ts, i) for i in range(seq, due)])
-            seq = due
-        wait = (now + tick_ns - time.monotonic_ns()) / 1e9
+            r.rpush(key, *[_say_cmd(i % k_rooms, ts, i) for i in batch])
+        wait = tick_left(now)
         if wait > 0:
             time.sleep(wait)
     t_end = time.monotonic_ns()
-    say("DONE", {"t_start": t0, "t_end": t_end, "sent": seq, "cpu_s": cpu_self() - cpu0,
+    say("DONE", {"t_start": t0, "t_end": t_end, "sent": total, "cpu_s": cpu_self() - cpu0,
                  "wall_s": (t_end - t0) / 1e9, "preloaded": False})
 
 
@@ -443,20 +457,15 @@ async def _xmpp_send(cfg: dict, client, mucs: list[str]) -> None:
         return
     cpu0 = cpu_self()
     t0 = time.monotonic_ns()
-    seq = 0
-    tick_ns = 1_000_000
-    while seq < total:
-        now = time.monotonic_ns()
-        due = lines_due(t0, now, rate, total)
-        for i in range(seq, due):
+    for batch, now in paced_ticks(t0, rate, total):
+        for i in batch:
             client.send_message(mto=mucs[i % n], mbody=f"bench:{time.monotonic_ns()}:{i} {pad}",
                                 mtype="groupchat")
-        seq = max(seq, due)
-        await asyncio.sleep(max(0.0, (now + tick_ns - time.monotonic_ns()) / 1e9))
+        await asyncio.sleep(tick_left(now))
     while not client.waiting_queue.empty():  # slixmpp writes from its own task: wait until it wrote all
         await asyncio.sleep(0.001)
     t_end = time.monotonic_ns()
-    say("DONE", {"t_start": t0, "t_end": t_end, "sent": seq, "cpu_s": cpu_self() - cpu0,
+    say("DONE", {"t_start": t0, "t_end": t_end, "sent": total, "cpu_s": cpu_self() - cpu0,
                  "wall_s": (t_end - t0) / 1e9, "max_rss_mb": max_rss_mb()})
     await _stdin_line()  # stay in the rooms until told to stop: leaving could drop what is in flight
 
