@@ -120,7 +120,7 @@ class IrcConnection:
         self._urgent: list[bytes] = []
         self.delivery = DeliveryTracker(settings.irc_ack, self._delivered)
         self.queue = SendQueue(self._make_bucket(spec.flood), settings.room_queue_max,
-                               self.channels.dropped, on_wake=self._wake_writer)
+                               self.channels.dropped, on_wake=self._start_writer)
         self.nick = spec.nick
         #: len("!user@host") as the server shows us, once our own JOIN told us (for line budgets)
         self.userhost_len: int | None = None
@@ -224,6 +224,10 @@ class IrcConnection:
     def _wake_writer(self) -> None:
         """Lines are waiting: wake the writer, or start one if none is alive (and we are connected)."""
         self.queue.wake.set()
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        """Start a writer if none is alive and we are connected (the SendQueue has set ``wake``)."""
         if self._writer is None and self._sock is not None:
             self._writer = gevent.spawn(self._write_loop, self._sock)
 

@@ -50,7 +50,7 @@ class SendQueue:
         self._ready: deque[Hashable] = deque()
         self._in_ready: set[Hashable] = set()
         self.wake = gevent.event.Event()
-        #: called with ``wake`` set: the IRC connection starts its writer on demand
+        #: called right after ``wake`` is set: the IRC connection starts its writer on demand
         self._on_wake = on_wake
 
     def __len__(self) -> int:
