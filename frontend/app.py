@@ -24,6 +24,7 @@ import redis
 
 from .chat.irc import IrcConnection
 from .config import Settings
+from .counters import Counters
 from .errors import ProtocolError
 from .heartbeat import Heartbeat
 from .incoming import IncomingDispatcher
@@ -73,11 +74,12 @@ class Frontend:
         self.redis: redis.Redis = shared_client(settings)
         #: commands popped and not yet acknowledged in Redis, as raw item -> count
         self.inflight: Counter[bytes] = Counter()
-        self.outbox = Outbox(DirectLink(settings), settings, self.keys, on_acked=self._acked)
+        self.counters = Counters()
+        self.stats = self.counters
+        self.outbox = Outbox(DirectLink(settings), settings, self.keys, self.counters, on_acked=self._acked)
         self.sessions = SessionPool(settings, {"irc": IrcConnection, "xmpp": _xmpp_factory},
-                                    pace_events=self.outbox.wait_for_room)
+                                    counters=self.counters, pace_events=self.outbox.wait_for_room)
         self.rooms: dict[str, Room] = {}
-        self.stats: Counter[str] = Counter()
         self.incoming = IncomingDispatcher(self)
         self.recovery = Recovery(self)
         self.heartbeat = Heartbeat(self)

@@ -17,7 +17,6 @@ import gevent
 import gevent.event
 
 from .errors import ProtocolError
-from .metrics import COUNTS
 from .pacing import Backoff
 from .protocol import Command, decode, dead_letter, parse_command
 from .redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ANY, DirectLink
@@ -84,7 +83,7 @@ class IncomingDispatcher:
                 if not batch:
                     continue
             except REDIS_ANY as exc:
-                COUNTS["redis_reconnects:incoming"] += 1
+                self.frontend.counters["redis_reconnects:incoming"] += 1
                 delay = self._backoff.next()
                 log.warning("reading %s failed (%s); retrying in %.2fs", self._control, exc, delay)
                 self._stopping.wait(delay)

@@ -14,7 +14,7 @@ import logging
 import time
 import weakref
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import gevent
 import gevent.event
@@ -33,50 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: process-wide event counters with no other home: "chat_reconnects:<protocol>",
-#: "redis_reconnects:<component>", "line_drops:<code>" (flood_dropped, stale)
-COUNTS: Counter[str] = Counter()
-
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0, 60.0, 300.0)
 DEPTH_BUCKETS = (0, 1, 5, 10, 50, 100, 500, 1000)
 ROOM_STATES = ("new", "connecting", "joining", "joined", "backoff", "failed", "parted")
-
-
-class FastHistogram:
-    """A histogram for one greenlet-only process: no locks, one bisect and two adds per value."""
-
-    def __init__(self, bounds: Iterable[float] = LATENCY_BUCKETS) -> None:
-        self.bounds = list(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def observe_since(self, now: float, starts: Iterable[float]) -> None:
-        """Observe ``now - t`` for every ``t`` (one batch of events)."""
-        counts, bounds, left = self.counts, self.bounds, bisect.bisect_left
-        total = 0.0
-        for start in starts:
-            value = now - start
-            counts[left(bounds, value)] += 1
-            total += value
-        self.sum += total
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out, running = [], 0
-        for bound, count in zip(self.bounds + [float("inf")], self.counts):
-            running += count
-            out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-        return out
-
-
-#: popped from ``control`` -> written to the chat socket (observed at ``Room.ack``)
-COMMAND_LATENCY = FastHistogram()
-#: read from the chat socket -> pushed to Redis (observed per written batch)
-EVENT_LATENCY = FastHistogram()
 
 
 class FrontendCollector:
@@ -150,39 +108,36 @@ class FrontendCollector:
         for protocol, n in sorted(per_protocol.items()):
             sessions.add_metric([protocol], n)
         yield sessions
-        yield from _labelled(CounterMetricFamily, "greenroom_chat_reconnects",
-                             "Chat connections lost and retried", "protocol", "chat_reconnects",
-                             ("irc", "xmpp"))
-        yield from _labelled(CounterMetricFamily, "greenroom_redis_reconnects",
-                             "Redis calls that failed and were retried", "component", "redis_reconnects",
-                             ("incoming", "outgoing"))
-        yield from _labelled(CounterMetricFamily, "greenroom_line_drops",
-                             "Lines dropped before sending (flood_dropped, stale)", "reason", "line_drops",
-                             ("flood_dropped", "stale"))
+        counters = fe.counters
+        yield _labelled(CounterMetricFamily, "greenroom_chat_reconnects",
+                        "Chat connections lost and retried", "protocol",
+                        counters.labelled("chat_reconnects", ("irc", "xmpp")))
+        yield _labelled(CounterMetricFamily, "greenroom_redis_reconnects",
+                        "Redis calls that failed and were retried", "component",
+                        counters.labelled("redis_reconnects", ("incoming", "outgoing")))
+        yield _labelled(CounterMetricFamily, "greenroom_line_drops",
+                        "Lines dropped before sending (flood_dropped, stale)", "reason",
+                        counters.labelled("line_drops", ("flood_dropped", "stale")))
         yield _histogram("greenroom_command_latency_seconds",
-                         "Command popped from control -> written to the chat socket", COMMAND_LATENCY)
+                         "Command popped from control -> written to the chat socket",
+                         counters.command_latency)
         yield _histogram("greenroom_event_latency_seconds",
-                         "Event read from the chat socket -> pushed to Redis", EVENT_LATENCY)
+                         "Event read from the chat socket -> pushed to Redis", counters.event_latency)
         yield GaugeMetricFamily("greenroom_redis_last_ok_age_seconds",
                                 "Seconds since Redis last answered", fe_redis_age(fe))
         yield GaugeMetricFamily("greenroom_start_time_seconds", "When this frontend started",
                                 fe.started_at)
 
 
-def _labelled(family: Callable[..., Any], name: str, doc: str, label: str, prefix: str,
-              always: Iterable[str]) -> Iterator[Metric]:
+def _labelled(family: Callable[..., Any], name: str, doc: str, label: str,
+              values: dict[str, int]) -> Metric:
     metric = family(name, doc, labels=[label])
-    values = {value: 0 for value in always}
-    for key, n in list(COUNTS.items()):
-        head, _, value = key.partition(":")
-        if head == prefix:
-            values[value] = n
     for value, n in sorted(values.items()):
         metric.add_metric([value], n)
-    yield metric
+    return metric
 
 
-def _histogram(name: str, doc: str, hist: FastHistogram) -> HistogramMetricFamily:
+def _histogram(name: str, doc: str, hist: Any) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=hist.buckets(), sum_value=hist.sum)
 
 

@@ -21,7 +21,7 @@ import gevent.event
 
 from .config import Settings
 from .keys import Keys
-from .metrics import COUNTS, EVENT_LATENCY
+from .counters import Counters
 from .pacing import Backoff
 from .protocol import encode
 from .redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ANY, DirectLink
@@ -47,9 +47,10 @@ def new_event_id() -> str:
 class Outbox:
     """Buffers what rooms hand over and writes it to Redis from its own greenlet."""
 
-    def __init__(self, link: DirectLink, settings: Settings, keys: Keys,
+    def __init__(self, link: DirectLink, settings: Settings, keys: Keys, counters: Counters,
                  on_acked: Callable[[list[bytes]], None] | None = None) -> None:
         self._link = link
+        self._counters = counters
         self._on_acked = on_acked
         self._settings = settings
         self._keys = keys
@@ -154,7 +155,7 @@ class Outbox:
                 self._backoff.reset()
                 self._failing = False
             except REDIS_ANY as exc:
-                COUNTS["redis_reconnects:outgoing"] += 1
+                self._counters["redis_reconnects:outgoing"] += 1
                 self.last_error = str(exc)
                 self._failing = True
                 self._space.set()  # Redis is down: readers go on, the bounded buffer takes it
@@ -202,7 +203,7 @@ class Outbox:
             raise
         self.pushed += len(batch)
         if batch:
-            EVENT_LATENCY.observe_since(time.time(), (t for _, _, t in batch))
+            self._counters.event_latency.observe_since(time.time(), (t for _, _, t in batch))
         if acks and self._on_acked is not None:
             self._on_acked(acks)
         self.redis_ok_at = time.monotonic()

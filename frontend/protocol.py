@@ -7,6 +7,9 @@ command the SDK accepts is a command the frontend accepts.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ from typing import Any, Mapping, Union
 import ujson
 
 from .errors import ProtocolError
+from .keys import EVENTS_NAME_RE
 
 COMMAND_TYPES = frozenset({"join", "part", "say", "action", "topic", "ping"})
 TEXT_COMMANDS = frozenset({"say", "action", "topic"})
@@ -29,18 +33,46 @@ PROTOCOLS = ("irc", "xmpp")
 #: default limit of a command's ``text`` in UTF-8 bytes
 MAX_TEXT_BYTES = 16384
 MAX_ID_LEN = 200
+#: an integer ``cmd_id`` fits a signed 64-bit integer (what every JSON reader handles)
+MAX_INT_ID = 2 ** 63
+#: a dead letter keeps at most this many bytes of the item (and its length and digest)
+DEAD_RAW_LIMIT = 4096
+#: spec fields whose values are secrets: masked in dead letters, sealed at rest, never shown
+SECRET_FIELDS = ("password", "key", "room_password")
 
 _ROOM_ID_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
+# C0 controls and DEL; C1 controls too (terminals act on them): never in an id, a name or a spec field
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # A nick starts with a letter or one of RFC 2812's specials; never with a channel, STATUSMSG (@%~&+)
 # or mask ($) prefix, so a target can only ever be one person. Later characters: no separators.
 _NICK_RE = re.compile(r"^(?:[^\W\d]|[\[\]\\`^{|}])[^\s,*?!@:\x00-\x1f\x7f]*$")
-_CHANNEL_RE = re.compile(r"^[#&+!][^\s,\x00-\x1f\x7f]{1,199}$")
+_CHANNEL_RE = re.compile(r"^[#&+!][^\s,\x00-\x1f\x7f-\x9f]{1,199}$")
 _JID_RE = re.compile(r"^[^@/\s]+@[^@/\s]+$")
 
 
 def encode(obj: Mapping[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, the encoding of every list item."""
+    """Compact UTF-8 JSON, the encoding of every list item.
+
+    Raises ``UnicodeEncodeError`` for a string with a lone surrogate: validation refuses those at the
+    edge, so only a bug can get one here, and the writers catch it per item.
+    """
     return ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False).encode("utf-8")
+
+
+def encodable(text: str) -> bool:
+    """True when ``text`` can be written as UTF-8 (Redis, IRC and XML all need that): no lone
+    surrogates, which JSON can carry as ``\\ud800`` escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_string(value: str, what: str) -> str:
+    if not encodable(value):
+        raise ProtocolError("bad_command", f"{what} is not valid Unicode (it has a lone surrogate)")
+    return value
 
 
 def decode(raw: bytes | str) -> Any:
@@ -79,6 +111,9 @@ class IrcSpec:
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     tls_verify: bool = True
+    #: ``to`` may name network services (NickServ, ChanServ, ...) even on a connection that rooms of
+    #: other tenants share (without it: only where every room on the connection is of one tenant)
+    allow_services: bool = False
     share: bool = True
     flood: Flood | bool | None = None  # None: the configured default; False: off
     tenant: str | None = None
@@ -117,7 +152,7 @@ Spec = Union[IrcSpec, XmppSpec]
 
 _COMMON_SPEC_KEYS = {"protocol", "tenant", "events", "flood", "share"}
 _IRC_KEYS = _COMMON_SPEC_KEYS | {"server", "port", "tls", "tls_verify", "nick", "channel", "key",
-                                 "password", "sasl"}
+                                 "password", "sasl", "allow_services"}
 _XMPP_KEYS = _COMMON_SPEC_KEYS | {"jid", "password", "muc", "nick", "host", "port", "tls",
                                   "room_password"}
 
@@ -128,9 +163,10 @@ def _opt_str(spec: Mapping[str, Any], name: str, *, limit: int = 400) -> str | N
         return None
     if not isinstance(value, str):
         raise ProtocolError("bad_command", f"spec field {name!r} must be a string or null")
-    if len(value) > limit or "\x00" in value or "\r" in value or "\n" in value:
-        raise ProtocolError("bad_command", f"spec field {name!r} is too long or has CR/LF/NUL")
-    return value
+    if len(value) > limit or _CONTROL.search(value):
+        raise ProtocolError("bad_command",
+                            f"spec field {name!r} is too long or has CR/LF/NUL or other control characters")
+    return _check_string(value, f"spec field {name!r}")
 
 
 def _req_str(spec: Mapping[str, Any], name: str) -> str:
@@ -175,8 +211,10 @@ def _flood(spec: Mapping[str, Any]) -> Flood | bool | None:
 
 def _common(spec: Mapping[str, Any]) -> dict[str, Any]:
     events = _opt_str(spec, "events", limit=MAX_ID_LEN)
-    if events is not None and (not events or _ROOM_ID_BAD.search(events)):
-        raise ProtocolError("bad_command", "spec field 'events' must be a list name without spaces")
+    if events is not None and not EVENTS_NAME_RE.match(events):
+        raise ProtocolError(
+            "bad_command", "spec field 'events' must be 'messages' or 'messages.<name>' (letters, digits, "
+                           f"'.', '_', '-'), not {events[:40]!r}: rooms may only write to events lists")
     return {
         "tenant": _opt_str(spec, "tenant", limit=MAX_ID_LEN),
         "events": events,
@@ -204,12 +242,14 @@ def _parse_irc(spec: Mapping[str, Any]) -> IrcSpec:
     nick = _req_str(spec, "nick")
     if not _NICK_RE.match(nick) or len(nick.encode()) > 64:
         raise ProtocolError("bad_command", f"spec field 'nick' is not a valid nick: {nick!r}")
+    channel = spec.get("channel")
+    if isinstance(channel, str) and channel and not _CHANNEL_RE.match(channel):
+        raise ProtocolError("bad_command", f"spec field 'channel' is not a channel name: {channel[:60]!r}")
     channel = _req_str(spec, "channel")
-    if not _CHANNEL_RE.match(channel) or "\x07" in channel:
-        raise ProtocolError("bad_command", f"spec field 'channel' is not a channel name: {channel!r}")
     key = _opt_str(spec, "key", limit=100)
-    if key is not None and (" " in key or "," in key):
-        raise ProtocolError("bad_command", "spec field 'key' must not contain spaces or commas")
+    if key is not None and (" " in key or "," in key or key.startswith(":") or not key):
+        raise ProtocolError("bad_command", "spec field 'key' must not be empty, contain spaces or commas, "
+                                           "or start with ':'")
     password = _opt_str(spec, "password")
     if password is not None and " " in password:
         raise ProtocolError("bad_command", "spec field 'password' must not contain spaces")
@@ -226,7 +266,8 @@ def _parse_irc(spec: Mapping[str, Any]) -> IrcSpec:
     return IrcSpec(
         server=server, port=_port(spec, 6697 if tls else 6667), tls=tls, nick=nick,
         channel=channel, key=key, password=password, sasl_username=sasl_user,
-        sasl_password=sasl_pass, tls_verify=_bool(spec, "tls_verify", True), **_common(spec),
+        sasl_password=sasl_pass, tls_verify=_bool(spec, "tls_verify", True),
+        allow_services=_bool(spec, "allow_services", False), **_common(spec),
     )
 
 
@@ -273,25 +314,43 @@ def _check_id(obj: Mapping[str, Any]) -> str:
     room = obj.get("room")
     if not isinstance(room, str) or not room:
         raise ProtocolError("bad_command", "missing field 'room' (a non-empty string)")
-    if len(room) > MAX_ID_LEN or _ROOM_ID_BAD.search(room):
+    if len(room) > MAX_ID_LEN or _ROOM_ID_BAD.search(room) or _CONTROL.search(room):
         raise ProtocolError("bad_command", "field 'room' is too long or has spaces/control characters")
-    return room
+    return _check_string(room, "field 'room'")
 
 
 def _check_cmd_id(obj: Mapping[str, Any]) -> str | int | None:
     cmd_id = obj.get("cmd_id")
-    if cmd_id is None or (isinstance(cmd_id, int) and not isinstance(cmd_id, bool)):
+    if cmd_id is None:
+        return None
+    if isinstance(cmd_id, int) and not isinstance(cmd_id, bool) and -MAX_INT_ID <= cmd_id < MAX_INT_ID:
         return cmd_id
     if isinstance(cmd_id, str) and len(cmd_id) <= MAX_ID_LEN:
-        return cmd_id
-    raise ProtocolError("bad_command", "field 'cmd_id' must be a string (<= 200 chars) or integer")
+        return _check_string(cmd_id, "field 'cmd_id'")
+    raise ProtocolError("bad_command",
+                        "field 'cmd_id' must be a string (<= 200 chars) or a 64-bit integer")
+
+
+def _timestamp(value: Any, name: str) -> float:
+    """A finite unix timestamp (JSON numbers can be 1e400 or a 400-digit integer)."""
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            stamp = float(value)
+        except OverflowError:
+            stamp = math.inf
+        if math.isfinite(stamp):
+            return stamp
+    raise ProtocolError("bad_command", f"field {name!r} must be a unix timestamp")
 
 
 def check_text(text: Any, max_bytes: int = MAX_TEXT_BYTES, *, name: str = "text") -> str:
     """A command's text: a string of at most ``max_bytes`` UTF-8 bytes."""
     if not isinstance(text, str):
         raise ProtocolError("bad_command", f"missing field {name!r} (a string)")
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_command", f"{name} is not valid Unicode (it has a lone surrogate)") from None
     if size > max_bytes:
         raise ProtocolError("bad_command", f"{name} is {size} bytes, the limit is {max_bytes}")
     return text
@@ -301,7 +360,7 @@ def check_target(to: Any) -> str:
     """A private message target: one plain nick, so it can never smuggle protocol syntax."""
     if not isinstance(to, str) or not to:
         raise ProtocolError("bad_command", "field 'to' must be a non-empty string")
-    if not _NICK_RE.match(to) or len(to.encode()) > 64:
+    if not _NICK_RE.match(to) or len(_check_string(to, "field 'to'").encode()) > 64:
         raise ProtocolError("bad_command", f"field 'to' is not a plain nick: {to!r}")
     return to
 
@@ -333,9 +392,7 @@ def validate_command(obj: Any, *, max_text_bytes: int = MAX_TEXT_BYTES, raw: byt
             fields["to"] = check_target(obj["to"])
         expires = obj.get("expires")
         if expires is not None:
-            if isinstance(expires, bool) or not isinstance(expires, (int, float)):
-                raise ProtocolError("bad_command", "field 'expires' must be a unix timestamp")
-            fields["expires"] = float(expires)
+            fields["expires"] = _timestamp(expires, "expires")
     elif ctype == "part":
         reason = obj.get("reason")
         if reason is not None:
@@ -353,11 +410,89 @@ def parse_command(raw: bytes, *, max_text_bytes: int = MAX_TEXT_BYTES) -> Comman
     return validate_command(decode(raw), max_text_bytes=max_text_bytes, raw=raw, auto_id=True)
 
 
+# a secret field's string value, also when the item was cut inside it
+_SECRET_VALUE = re.compile(r'("(?:password|key|room_password)"\s*:\s*)"(?:[^"\\]|\\.)*(?:"|\\?$)', re.S)
+
+
+def _mask_obj(obj: Any, depth: int = 0) -> tuple[Any, bool]:
+    """``obj`` with every secret field's value replaced by ``"***"``, and whether anything was."""
+    if depth > 64:
+        return obj, False
+    if isinstance(obj, dict):
+        found, out = False, {}
+        for key, value in obj.items():
+            if key in SECRET_FIELDS and value is not None:
+                out[key], found = "***", True
+            else:
+                out[key], inner = _mask_obj(value, depth + 1)
+                found = found or inner
+        return out, found
+    if isinstance(obj, list):
+        items = [_mask_obj(value, depth + 1) for value in obj]
+        return [v for v, _ in items], any(f for _, f in items)
+    return obj, False
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` (an item, JSON or not) with the value of every secret field (``password``, ``key``,
+    ``room_password``, at any depth: SASL's too) replaced by ``"***"``, so a rejected join keeps no
+    secret in ``control:dead``. Valid JSON is masked by its structure (escaped names cannot hide a
+    field) and re-encoded only when something was masked; anything else by a pattern."""
+    try:
+        obj = ujson.loads(text)
+    except (ValueError, TypeError):
+        return _SECRET_VALUE.sub(r'\1"***"', text)
+    masked, found = _mask_obj(obj)
+    if not found:
+        return text
+    try:
+        return encode(masked).decode("utf-8")
+    except (UnicodeEncodeError, OverflowError, ValueError, TypeError):
+        return _SECRET_VALUE.sub(r'\1"***"', text)
+
+
 def dead_letter(raw: bytes, code: str, detail: str, frontend: str) -> bytes:
-    """The ``control:dead`` item for a rejected command."""
-    return encode({
-        "error": {"code": code, "detail": detail},
-        "raw": raw.decode("utf-8", "replace"),
-        "frontend": frontend,
-        "ts": time.time(),
-    })
+    """The ``control:dead`` item for a rejected command.
+
+    ``raw`` is the item decoded as UTF-8 (with replacement), its secrets masked and cut to
+    ``DEAD_RAW_LIMIT`` bytes; ``raw_bytes`` and ``raw_digest`` (BLAKE2b-128 of the item as popped)
+    always say what it was, ``raw_truncated`` when it was cut.
+    """
+    entry: dict[str, Any] = {"error": {"code": code, "detail": detail}}
+    head = raw[:DEAD_RAW_LIMIT]
+    entry["raw"] = mask_secrets(head.decode("utf-8", "replace"))
+    entry["raw_bytes"] = len(raw)
+    entry["raw_digest"] = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    if len(raw) > DEAD_RAW_LIMIT:
+        entry["raw_truncated"] = True
+    entry["frontend"] = frontend
+    entry["ts"] = time.time()
+    return encode(entry)
+
+
+# -------------------------------------------------------------------------------------------- events
+
+_EVENT_ID_PREFIX = os.urandom(6).hex()
+_EVENT_ID_COUNTER = itertools.count(1)
+
+
+def new_event_id() -> str:
+    """Unique across processes and restarts: a random per-process prefix and a counter."""
+    return f"{_EVENT_ID_PREFIX}-{next(_EVENT_ID_COUNTER):x}"
+
+
+def event(type: str, room: str, protocol: str, tenant: str | None = None, /,
+          **fields: Any) -> dict[str, Any]:
+    """The one place an event is made (PROTOCOL.md, "Events"): the common fields, then ``fields``.
+
+    A ``cmd_id`` of None is left out. ``event_id`` and ``ts`` are added here.
+    """
+    out: dict[str, Any] = {"type": type, "room": room, "protocol": protocol}
+    if tenant is not None:
+        out["tenant"] = tenant
+    if "cmd_id" in fields and fields["cmd_id"] is None:
+        del fields["cmd_id"]
+    out.update(fields)
+    out["event_id"] = new_event_id()
+    out["ts"] = time.time()
+    return out

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .config import Settings, load_settings
 from .errors import ConfigError
 from .logs import setup_logging
-from .pacing import TokenBucket
 
 if TYPE_CHECKING:
     from .app import Frontend
@@ -63,9 +62,7 @@ def apply_settings(fe: "Frontend", new: Settings) -> None:
         logging.getLogger("slixmpp").setLevel(logging.WARNING)  # it logs SASL payloads at DEBUG
     fe.settings = new
     fe.outbox._settings = new
-    fe.sessions.settings = new
-    for session in fe.sessions.sessions():
-        _apply_to_session(session, new)
+    fe.sessions.apply_settings(new)
     fe.metrics.rebind(new.metrics_addr)
     later = [name for name in names if name in AT_RESTART]
     if later:
@@ -73,21 +70,3 @@ def apply_settings(fe: "Frontend", new: Settings) -> None:
     shown = [name for name in names if name != "web_token"]
     log.info("configuration reloaded (%s); %d rooms stay joined",
              ", ".join(shown) if shown else "no changes", len(fe.rooms))
-
-
-def _apply_to_session(session: Any, new: Settings) -> None:
-    """A chat session reads ``self.settings``; its send queue copied two values at creation."""
-    old = getattr(session, "settings", None)
-    if hasattr(session, "settings"):
-        session.settings = new
-    queue = getattr(session, "queue", None)
-    if queue is None or not hasattr(queue, "max_per_room"):
-        return
-    queue.max_per_room = new.room_queue_max
-    spec = getattr(session, "spec", None)
-    server = getattr(spec, "server", None)
-    if spec is None or server is None or getattr(spec, "flood", None) is not None or old is None:
-        return  # the spec sets its own flood control (or none): the config does not apply
-    rate, burst = new.for_server(server, "flood_rate"), new.for_server(server, "flood_burst")
-    if (rate, burst) != (old.for_server(server, "flood_rate"), old.for_server(server, "flood_burst")):
-        queue.bucket = TokenBucket(rate, burst) if rate > 0 else None

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.queue
 
-from .metrics import COMMAND_LATENCY
 from .protocol import Command, Spec
 
 if TYPE_CHECKING:
@@ -89,7 +88,7 @@ class Room:
 
     def ack(self, command: Command) -> None:
         if command.received:
-            COMMAND_LATENCY.observe(time.time() - command.received)
+            self._frontend.counters.command_latency.observe(time.time() - command.received)
         self._frontend.outbox.ack(command.raw)
 
     # ----------------------------------------------------------------------------------- greenlet

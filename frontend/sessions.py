@@ -9,6 +9,7 @@ import gevent
 import gevent.lock
 
 from .config import Settings
+from .counters import Counters
 from .pacing import TokenBucket
 from .protocol import Spec
 
@@ -20,9 +21,10 @@ SessionFactory = Callable[..., Any]
 class SessionPool:
     """Finds or creates the session a room should use, and paces new connections per server."""
 
-    def __init__(self, settings: Settings, factories: dict[str, SessionFactory],
+    def __init__(self, settings: Settings, factories: dict[str, SessionFactory], *, counters: Counters,
                  pace_events: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        self.counters = counters
         self._factories = factories
         #: IRC readers call it after each chunk read: it blocks while the outgoing buffer is full
         self.pace_events = pace_events
@@ -49,7 +51,7 @@ class SessionPool:
             if session is None:
                 extra = {"pace_events": self.pace_events} if spec.protocol == "irc" else {}
                 session = self._factories[spec.protocol](
-                    spec, settings=self.settings, pace_connect=self.pace_connect,
+                    spec, settings=self.settings, counters=self.counters, pace_connect=self.pace_connect,
                     label=_label(spec, index), **extra)
                 self._sessions[key] = session
                 return session
@@ -75,6 +77,12 @@ class SessionPool:
                 gevent.sleep(delay)
                 delay = bucket.take()
 
+    def apply_settings(self, new: Settings) -> None:
+        """A reload: every live session, and the sessions made from now on, use ``new``."""
+        old, self.settings = self.settings, new
+        for session in self.sessions():
+            _apply_to_session(session, old, new)
+
     def close_all(self, reason: str, timeout: float) -> None:
         """Close every session in parallel within ``timeout`` seconds."""
         sessions, self._sessions = list(self._sessions.values()), {}
@@ -87,3 +95,20 @@ def _label(spec: Spec, index: int) -> str:
     who = getattr(spec, "jid", None) or spec.nick
     suffix = f"#{index}" if index else ""
     return f"{where}:{getattr(spec, 'port', '')}/{who}{suffix}"
+
+
+def _apply_to_session(session: Any, old: Settings, new: Settings) -> None:
+    """A chat session reads ``self.settings``; its send queue copied two values at creation."""
+    if hasattr(session, "settings"):
+        session.settings = new
+    queue = getattr(session, "queue", None)
+    if queue is None or not hasattr(queue, "max_per_room"):
+        return
+    queue.max_per_room = new.room_queue_max
+    spec = getattr(session, "spec", None)
+    server = getattr(spec, "server", None)
+    if spec is None or server is None or getattr(spec, "flood", None) is not None:
+        return  # the spec sets its own flood control (or none): the config does not apply
+    rate, burst = new.for_server(server, "flood_rate"), new.for_server(server, "flood_burst")
+    if (rate, burst) != (old.for_server(server, "flood_rate"), old.for_server(server, "flood_burst")):
+        queue.bucket = TokenBucket(rate, burst) if rate > 0 else None

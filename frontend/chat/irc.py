@@ -29,7 +29,7 @@ from irc.message import Arguments
 from jaraco.stream.buffer import DecodingLineBuffer
 
 from ..config import Settings
-from ..metrics import COUNTS
+from ..counters import Counters
 from ..pacing import Backoff, TokenBucket
 from ..protocol import Command, Flood, IrcSpec
 from ..text import assert_safe_line
@@ -103,16 +103,17 @@ class IrcConnection:
     protocol = "irc"
     capacity_key = "channels_per_connection"
     # thousands of these live in one process: no per-instance __dict__
-    __slots__ = ("spec", "settings", "label", "_pace_connect", "_pace_events", "channels", "_urgent",
-                 "delivery", "queue", "_nick", "_folded_nick", "userhost_len", "_sock", "registered",
+    __slots__ = ("spec", "settings", "counters", "label", "_pace_connect", "_pace_events", "channels",
+                 "_urgent", "delivery", "queue", "_nick", "_folded_nick", "userhost_len", "_sock", "registered",
                  "_closing", "_drained", "_main", "_writer", "connected_at", "_last_read",
                  "_ping_sent_at", "_liveness", "_lost_reason", "_nicks", "_sasl_pending",
                  "_cap_waiting", "_cap_ended", "_cap_ls", "__weakref__")
 
-    def __init__(self, spec: IrcSpec, *, settings: Settings, pace_connect: Any, label: str,
-                 pace_events: Callable[[], None] | None = None) -> None:
+    def __init__(self, spec: IrcSpec, *, settings: Settings, counters: Counters, pace_connect: Any,
+                 label: str, pace_events: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self.settings = settings
+        self.counters = counters
         self.label = label  # for logs: server:port/nick, never a secret
         self._pace_connect = pace_connect
         self._pace_events = pace_events
@@ -258,7 +259,7 @@ class IrcConnection:
             if self.connected_at and time.monotonic() - self.connected_at > self.settings.reconnect_reset_after:
                 backoff.reset()
             delay = backoff.next()
-            COUNTS["chat_reconnects:irc"] += 1
+            self.counters["chat_reconnects:irc"] += 1
             log.warning("irc %s: %s; reconnecting in %.1fs", self.label, reason, delay)
             self.channels.set_states("backoff", reason)
             self._closing.wait(delay)

@@ -14,7 +14,6 @@ import gevent
 from irc import ctcp
 from irc.client import NickMask, is_channel
 
-from ..metrics import COUNTS
 from ..pacing import Backoff
 from .base import RoomLink
 from .irc_format import fold, join_lines, reason_line
@@ -80,7 +79,7 @@ class IrcChannels:
 
     def dropped(self, key: Any, line: OutLine, code: str) -> None:
         """The send queue dropped a line (``stale`` or ``flood_dropped``): tell the room."""
-        COUNTS["line_drops:" + code] += 1
+        self.conn.counters["line_drops:" + code] += 1
         room = self.rooms.get(key)
         if room is not None:
             report_drop(room, line, code, self.conn.queue.max_per_room)

@@ -25,7 +25,7 @@ from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout
 
 from ..config import Settings
-from ..metrics import COUNTS
+from ..counters import Counters
 from ..pacing import Backoff, TokenBucket
 from ..protocol import Command, XmppSpec
 from ..text import xml_text
@@ -50,10 +50,11 @@ class XmppSession(MucJoins):
 
     protocol = "xmpp"
 
-    def __init__(self, spec: XmppSpec, *, settings: Settings, pace_connect: Callable[[str], None],
-                 label: str) -> None:
+    def __init__(self, spec: XmppSpec, *, settings: Settings, counters: Counters,
+                 pace_connect: Callable[[str], None], label: str) -> None:
         self.spec = spec
         self.settings = settings
+        self.counters = counters
         self.label = label  # host:port/jid, never a secret
         self.nick = spec.nick  # the nick of the last room joined (rooms may use different nicks)
         self._pace_connect = pace_connect
@@ -180,7 +181,7 @@ class XmppSession(MucJoins):
             gevent.spawn(self.close, "parted", 2.0)
 
     def _dropped(self, key: Any, line: OutLine, code: str) -> None:
-        COUNTS["line_drops:" + code] += 1
+        self.counters["line_drops:" + code] += 1
         muc = self._mucs.get(key)
         if muc is not None:
             report_drop(muc.room, line, code, self.queue.max_per_room)
@@ -208,7 +209,7 @@ class XmppSession(MucJoins):
             if self.connected_at and time.monotonic() - self.connected_at > self.settings.reconnect_reset_after:
                 backoff.reset()
             delay = backoff.next()
-            COUNTS["chat_reconnects:xmpp"] += 1
+            self.counters["chat_reconnects:xmpp"] += 1
             log.warning("xmpp %s: %s; reconnecting in %.1fs", self.label, reason, delay)
             self._rooms_state("backoff", reason)
             self._closing.wait(delay)

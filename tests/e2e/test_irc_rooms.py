@@ -223,7 +223,7 @@ def test_rooms_share_a_connection_and_events_go_to_their_list(fe, redis_client, 
     a, b = uniq("r"), uniq("r")
     join(redis_client, events, ngircd, a, "#" + uniq("sa"), nick=nick)
     push(redis_client, {"type": "join", "room": b,
-                        "spec": irc_spec(ngircd, "#" + uniq("sb"), nick=nick, events="team-b")})
-    other = Events(redis_client, "team-b")
+                        "spec": irc_spec(ngircd, "#" + uniq("sb"), nick=nick, events="messages.team-b")})
+    other = Events(redis_client, "messages.team-b")
     assert other.wait(type="joined", room=b)["nick"] == nick  # same nick: same connection
     assert len(fe.sessions) == 1
