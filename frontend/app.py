@@ -1,11 +1,18 @@
-"""The Frontend: the room map, start-up from the registry, signals, and the ordered shutdown.
+"""The Frontend: wiring only. It builds the parts, starts them in order and stops them in reverse.
 
-Start: raise the open-file limit -> wait for Redis -> re-queue our in-flight leftovers -> join every
-room in ``rooms`` -> start the outgoing and incoming dispatchers.
+Parts (each gets what it uses, see its module): the in-flight ledger (``inflight``), the outgoing
+dispatcher (``outgoing``), the chat session pool (``sessions``), the room registry (``registry``, with
+a ``RoomContext`` for its rooms), the incoming dispatcher (``incoming``), the heartbeat, recovery, the
+Redis health ping and the systemd watchdog. Every long-lived loop is a ``Service`` under one
+``Supervisor`` that restarts a loop that died.
 
-Stop (SIGTERM/SIGINT; a second signal exits at once), each phase logged:
-stop reading ``control`` -> rooms handle what they accepted -> sessions send it and QUIT -> flush
-events to Redis -> close Redis. Rooms stay in ``rooms``, so a restart rejoins them.
+Start: raise the open-file limit -> wait for Redis -> re-queue our ledger's leftovers, beat, take over
+dead frontends' ledgers, load the registry -> start the outgoing dispatcher, heartbeat and recovery ->
+start every room of the registry -> start the incoming dispatcher -> READY=1.
+
+Stop (SIGTERM/SIGINT; a second signal exits at once), each phase logged: stop reading ``control`` ->
+rooms handle what they accepted -> sessions send it and QUIT -> flush events to Redis -> remove the
+heartbeat -> close Redis. Rooms stay in ``rooms``, so a restart rejoins them.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 import time
 from collections import Counter
 from typing import Any, Callable
@@ -22,31 +30,29 @@ import gevent
 import gevent.event
 import redis
 
+from . import __version__
 from .chat.irc import IrcConnection
 from .config import Settings
 from .counters import Counters
-from .errors import ProtocolError
 from .heartbeat import Heartbeat
 from .incoming import IncomingDispatcher
+from .inflight import InflightLedger
 from .keys import Keys
-from .metrics import MetricsServer
-from .outgoing import Outbox
+from .logs import Throttle, flush_throttles
+from .metrics import FrontendCollector, Health, MetricsServer, MetricsView, RedisPing, build_registry
+from .outgoing import OutgoingDispatcher
 from .pacing import Backoff
-from .protocol import Spec, decode, parse_spec
-from .redis_conn import REDIS_ERRORS, DirectLink, shared_client
+from .protocol import Spec
 from .recovery import Recovery
-from .room import Room
+from .redis_conn import REDIS_ERRORS, DirectLink, shared_client
+from .registry import RoomRegistry
+from .reload import apply_logging, reload_settings, report
+from .room import RoomContext
+from .service import Supervisor
 from .sessions import SessionPool
 from .systemd import Watchdog, notify
-from .reload import apply_settings, reload_settings
 
 log = logging.getLogger(__name__)
-
-
-def _xmpp_factory(*args: Any, **kwargs: Any) -> Any:
-    from .chat.xmpp import XmppSession  # slixmpp is only imported when an XMPP room exists
-
-    return XmppSession(*args, **kwargs)
 
 
 def raise_nofile_limit(rooms_hint: int = 0) -> int:
@@ -65,68 +71,104 @@ def raise_nofile_limit(rooms_hint: int = 0) -> int:
     return soft
 
 
-class Frontend:
-    """One greenroom process: rooms, dispatchers and the Redis connections they share."""
+def _xmpp_factory(*args: Any, **kwargs: Any) -> Any:
+    from .chat.xmpp import XmppSession  # slixmpp is only imported when an XMPP room exists
 
-    def __init__(self, settings: Settings) -> None:
+    return XmppSession(*args, **kwargs)
+
+
+class Frontend:
+    """One greenroom process: the parts, wired."""
+
+    def __init__(self, settings: Settings, *, config_loader: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        #: builds fresh Settings from the config file, env and flags (SIGHUP)
+        self.config_loader = config_loader
+        fid = settings.frontend_id
+        self.keys = keys = Keys(settings.key_prefix)
+        self.counters = counters = Counters()
         self.redis: redis.Redis = shared_client(settings)
-        #: commands popped and not yet acknowledged in Redis, as raw item -> count
-        self.inflight: Counter[bytes] = Counter()
-        self.counters = Counters()
-        self.stats = self.counters
-        self.outbox = Outbox(DirectLink(settings), settings, self.keys, self.counters, on_acked=self._acked)
+        self.supervisor = Supervisor(counters)
+        self.ledger = InflightLedger(self.redis, keys, fid, max_items=settings.inflight_max,
+                                     max_bytes=settings.inflight_max_bytes,
+                                     wake_writer=lambda: self.outbox.wake.set())
+        self.outbox = OutgoingDispatcher(DirectLink(settings), settings, keys, self.ledger, counters)
         self.sessions = SessionPool(settings, {"irc": IrcConnection, "xmpp": _xmpp_factory},
-                                    counters=self.counters, pace_events=self.outbox.wait_for_room)
-        self.rooms: dict[str, Room] = {}
-        self.incoming = IncomingDispatcher(self)
-        self.recovery = Recovery(self)
-        self.heartbeat = Heartbeat(self)
+                                    counters=counters, pace_events=self.outbox.wait_for_room)
+        self.registry = RoomRegistry(
+            RoomContext(outbox=self.outbox, ledger=self.ledger, sessions=self.sessions, counters=counters,
+                        keys=keys, frontend_id=fid, settings=lambda: self.settings,
+                        throttle=Throttle(logging.getLogger("frontend.room"), counter=counters)),
+            counters=counters, restart_delay=lambda: self.settings.reconnect_min * 5)
+        # the socket timeout outlasts the block: redis-py raises TimeoutError otherwise
+        self.incoming = IncomingDispatcher(
+            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0),
+            source=keys.control, ledger=self.ledger, registry=self.registry, outbox=self.outbox,
+            counters=counters, settings=settings, frontend_id=fid)
+        self.heartbeat = Heartbeat(self.redis, keys.heartbeat(fid), settings.heartbeat_interval,
+                                   self.snapshot, after_beat=flush_throttles)
+        self.recovery = Recovery(self.redis, keys, self.ledger, control=keys.control,
+                                 interval=settings.recovery_interval, counters=counters)
+        self.redis_ping = RedisPing(self.redis.ping)
+        self.watchdog = Watchdog()
+        for service in (self.redis_ping, self.outbox, self.heartbeat, self.recovery, self.incoming,
+                        self.watchdog):
+            self.supervisor.add(service)
+        self.metrics = MetricsServer(
+            build_registry(FrontendCollector(counters, self.metrics_view)),
+            Health(settings=lambda: self.settings, redis_age=self.redis_age, down=self.supervisor.down,
+                   rooms=self._rooms_joined, loaded=lambda: self.registry.loaded,
+                   stopping=lambda: self._stopping))
         self.started_at = 0.0
         self._stopped = gevent.event.Event()
         self._stopping = False
         self._starter: gevent.Greenlet | None = None
-        self.metrics = MetricsServer(self)
-        self.watchdog = Watchdog()
-        #: True once every room of the registry was started (for /readyz and READY=1)
-        self.registry_loaded = False
-        #: builds fresh Settings from the config file, env and flags (SIGHUP); set by `greenroom run`
-        self.config_loader: Callable[[], Settings] | None = None
 
-    # ----------------------------------------------------------------------------------- rooms
-    def add_room(self, room_id: str, spec: Spec, spec_json: dict) -> Room:
-        room = Room(room_id, spec, spec_json, self)
-        self.rooms[room_id] = room
-        room.start()
-        assert room.greenlet is not None
-        room.greenlet.link_exception(lambda g, r=room: self._room_crashed(r, g))
-        return room
+    @property
+    def rooms(self) -> RoomRegistry:
+        """The room map (room id -> Room): the registry."""
+        return self.registry
 
-    def _acked(self, raws: list[bytes]) -> None:
-        inflight = self.inflight
-        for raw in raws:
-            if inflight[raw] <= 1:
-                inflight.pop(raw, None)
-            else:
-                inflight[raw] -= 1
+    # ------------------------------------------------------------------------------- views
+    def redis_age(self) -> float:
+        """Seconds since Redis last answered (an outgoing batch or the health ping)."""
+        last = max(self.outbox.redis_ok_at, self.redis_ping.ok_at)
+        return time.monotonic() - last if last else float("inf")
 
-    def forget_room(self, room_id: str) -> None:
-        self.rooms.pop(room_id, None)
+    def _rooms_joined(self) -> tuple[int, int]:
+        rooms = self.registry.values()
+        return len(rooms), sum(1 for room in rooms if room.state == "joined")
 
-    def _room_crashed(self, room: Room, greenlet: gevent.Greenlet) -> None:
-        log.error("room %s: greenlet died: %r", room.id, greenlet.exception,
-                  exc_info=greenlet.exc_info if greenlet.exc_info and greenlet.exc_info[0] else None)
-        if self._stopping or self.rooms.get(room.id) is not room:
-            return
-        room.set_state("failed", error=f"internal error: {greenlet.exception!r}")
+    def snapshot(self) -> dict[str, Any]:
+        """What the heartbeat publishes about this frontend."""
+        census = self.registry.census()
+        counters = self.counters
+        return {
+            "id": self.settings.frontend_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": self.started_at,
+            "rooms": len(self.registry),
+            "rooms_by_state": census.by(0),
+            "rooms_by_protocol": census.by(1),
+            "sessions": len(self.sessions),
+            "inflight": len(self.ledger),
+            "inflight_oldest_s": round(self.ledger.oldest_age(), 1),
+            "outbox": self.outbox.pending,
+            "deepest_room_queue": census.deepest,
+            "events_pushed": counters["events_pushed"],
+            "events_dropped": counters["events_dropped"],
+            "commands": {k: v for k, v in counters.items() if k.startswith("commands_")},
+            "down": self.supervisor.down() or None,
+            "last_error": self.outbox.last_error,
+        }
 
-        def restart() -> None:
-            if not self._stopping and self.rooms.get(room.id) is room:
-                log.warning("room %s: restarting after a crash", room.id)
-                self.add_room(room.id, room.spec, room.spec_json)
-
-        gevent.spawn_later(self.settings.reconnect_min * 5, restart)
+    def metrics_view(self) -> MetricsView:
+        sessions: Counter[str] = Counter(getattr(s, "protocol", "?") for s in self.sessions.sessions())
+        return MetricsView(census=self.registry.census(yield_every=0), sessions=sessions,
+                           outbox_pending=self.outbox.pending, inflight=len(self.ledger),
+                           started_at=self.started_at, redis_age=self.redis_age())
 
     # ------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -135,20 +177,19 @@ class Frontend:
         log.info("frontend %s starting (redis %s)", self.settings.frontend_id,
                  self.settings.redacted_redis_url())
         self.metrics.start(self.settings.metrics_addr)
-        specs = self._wait_for_redis(self._load_registry)
+        self.supervisor.start([self.redis_ping])
+        specs = self._wait_for_redis(self._prepare)
         raise_nofile_limit(len(specs))
-        self.outbox.start()
-        self.heartbeat.start()
-        self.recovery.start()
+        self.supervisor.start([self.outbox, self.heartbeat, self.recovery])
         for room_id, (spec, spec_json) in specs.items():
-            self.add_room(room_id, spec, spec_json)
+            self.registry.add(room_id, spec, spec_json, record=False)
         if specs:
             log.info("restored %d rooms from the registry", len(specs))
-        self.registry_loaded = True
-        self.incoming.start()
+        self.registry.loaded = True
+        self.supervisor.start([self.incoming])
         log.info("frontend %s running", self.settings.frontend_id)
         notify("READY=1")
-        self.watchdog.start()
+        self.supervisor.start([self.watchdog])
 
     def _wait_for_redis(self, step: Any) -> Any:
         backoff = Backoff(0.1, 2.0)
@@ -160,20 +201,12 @@ class Frontend:
                 log.warning("Redis is not reachable (%s); retrying in %.1fs", exc, delay)
                 gevent.sleep(delay)
 
-    def _load_registry(self) -> dict[str, tuple[Spec, dict]]:
-        self.recovery.requeue_own()
-        self.heartbeat.beat()  # alive before anything is popped, so nobody takes over our list
+    def _prepare(self) -> dict[str, tuple[Spec, dict]]:
+        moved = self.ledger.requeue_own(self.keys.control)
+        self.counters["commands_requeued"] += moved
+        self.heartbeat.beat()  # alive before anything is popped, so nobody takes over our ledger
         self.recovery.scan_once()
-        specs: dict[str, tuple[Spec, dict]] = {}
-        for key, value in self.redis.hgetall(self.keys.rooms).items():
-            room_id = key.decode("utf-8", "replace")
-            try:
-                spec_json = decode(value)
-                specs[room_id] = (parse_spec(spec_json), spec_json)
-            except ProtocolError as exc:
-                log.error("room %s: the registry holds an invalid spec (%s); not joining it",
-                          room_id, exc.detail)
-        return specs
+        return self.registry.load(self.redis, self.keys)
 
     def stop(self, timeout: float | None = None) -> None:
         """Graceful stop within ``timeout`` seconds (default ``shutdown_timeout``). Idempotent."""
@@ -188,33 +221,32 @@ class Frontend:
         if self._starter is not None and not self._starter.dead:
             self._starter.kill()  # still waiting for Redis at start-up
         log.info("stopping: no more commands from %s", self.keys.control)
-        self.incoming.stop()
-        self.recovery.stop()
-        log.info("stopping: %d rooms finish what they accepted", len(self.rooms))
-        rooms = [r for r in self.rooms.values() if r.greenlet is not None]
-        for room in rooms:
-            room.shutdown()
-        gevent.joinall([r.greenlet for r in rooms], timeout=min(1.0, left()))
-        for room in rooms:
-            if room.greenlet and not room.greenlet.dead:
-                room.greenlet.kill(block=False)
+        self.supervisor.stop([self.incoming, self.recovery])
+        log.info("stopping: %d rooms finish what they accepted", len(self.registry))
+        self.registry.shutdown(timeout=min(1.0, left()))
         log.info("stopping: %d chat sessions send their queues and quit", len(self.sessions))
         self.sessions.close_all("shutting down", timeout=max(0.1, left() - 1.0))
         log.info("stopping: flushing %d items to Redis", self.outbox.pending)
-        self.outbox.stop(timeout=left())
-        self.heartbeat.stop(remove=True)
+        self.supervisor.stop([self.outbox], timeout=left())
+        self.supervisor.stop()  # the rest, in reverse order
+        self.heartbeat.remove()
         self.metrics.stop()
-        self.watchdog.stop()
+        flush_throttles()
         self.redis.close()
         log.info("stopped")
         self._stopped.set()
 
     def reload(self) -> bool:
-        """SIGHUP: re-read the configuration and apply it without leaving any room (reload.py)."""
-        new = reload_settings(self)
+        """SIGHUP: re-read the configuration and apply it to every part without leaving any room."""
+        old = self.settings
+        new = reload_settings(self.config_loader, old)
         if new is None:
             return False
-        apply_settings(self, new)
+        apply_logging(old, new)
+        self.settings = new
+        for part in (self.outbox, self.incoming, self.sessions, self.metrics):
+            part.apply_settings(new)
+        report(old, new, len(self.registry))
         return True
 
     def run_forever(self) -> int:

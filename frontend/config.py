@@ -43,8 +43,20 @@ class Settings:
     max_text_bytes: int = 16384
     #: seconds a blocking pop of `control` waits before it looks at the stop flag again
     control_block_timeout: float = 1.0
-    #: most commands taken from `control` in one round trip after a blocking pop
+    #: most commands taken from `control` in one round trip after a blocking pop ...
     control_drain: int = 500
+    #: ... and most bytes (the first item is always taken)
+    control_drain_bytes: int = 4 * 1024 * 1024
+    #: the in-flight window: most commands (and bytes) taken from `control` and not yet written to the
+    #: chat server; past it the frontend takes no more, so a backlog waits in Redis, not in memory
+    inflight_max: int = 20_000
+    inflight_max_bytes: int = 64 * 1024 * 1024
+    #: a `control` item larger than this is dead-lettered without being decoded
+    max_item_bytes: int = 65536
+    #: inbound chat lines per room: a burst, then lines per second (0: no limit); past it lines are
+    #: dropped and counted (greenroom_events_rate_dropped_total)
+    room_event_burst: int = 500
+    room_event_rate: float = 100.0
     #: most events written to Redis in one pipelined round trip
     event_batch: int = 1000
     #: events kept in memory while Redis is unreachable; past it the oldest are dropped (counted)
@@ -167,6 +179,14 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
         raise ConfigError("log_format must be 'text' or 'json'")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.log_level!r}")
+    if not 1 <= settings.control_drain <= 5000:
+        raise ConfigError("control_drain must be between 1 and 5000")
+    for name in ("inflight_max", "inflight_max_bytes", "max_item_bytes", "control_drain_bytes",
+                 "room_event_burst"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    if settings.max_item_bytes < settings.max_text_bytes:
+        raise ConfigError("max_item_bytes must not be below max_text_bytes")
     if not 0.0 <= settings.ready_share <= 1.0:
         raise ConfigError("ready_share must be between 0 and 1")
     for name in ("metrics_addr", "web_addr"):

@@ -1,168 +1,182 @@
 """The incoming dispatcher: pop commands from ``control``, validate them, route each to its room's queue.
 
-Each item is moved atomically (BLMOVE) into this frontend's in-flight list, so a crash between the pop
-and the chat server never loses it: the item leaves the in-flight list only when its room wrote it
-to the chat socket or it was rejected (``Outbox.ack``). The blocking pop is sent together with a
-script that moves what else is waiting (up to ``control_drain`` items), and both replies come back in
-one round trip, so a burst costs one round trip per few hundred commands and a lone command one.
-Bad input is dead-lettered with its reason; nothing a client sends can stop this loop.
+Each step waits until the in-flight ledger has room, then sends a blocking BLMOVE into this frontend's
+landing list and the intake script (which moves it, and what else is waiting, into the ledger) in one
+write: a burst costs one round trip per few hundred commands, a lone command one. The ledger holds a
+command until its room wrote it to the chat server or it was rejected, so a crash anywhere between the
+pop and the chat server loses nothing. A reply lost on the way back is found in the ledger at once.
+
+Nothing an item holds can stop this loop: an item larger than ``max_item_bytes`` is refused before it
+is decoded, a malformed one is dead-lettered with its reason (one log line per interval, with a count),
+and an unexpected error handling one item dead-letters that item and goes on.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import gevent
-import gevent.event
-
+from . import protocol
+from .config import Settings
+from .counters import Counters
 from .errors import ProtocolError
+from .inflight import InflightLedger
+from .logs import Throttle
+from .outgoing import OutgoingDispatcher
 from .pacing import Backoff
-from .protocol import Command, decode, dead_letter, parse_command
-from .redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ANY, DirectLink
-
-if TYPE_CHECKING:
-    from .app import Frontend
+from .protocol import Command, decode, parse_command
+from .redis_conn import REDIS_ANY, REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, DirectLink
+from .registry import RoomRegistry
+from .service import Service
 
 log = logging.getLogger(__name__)
 
-# Moves up to ARGV[1] items from the head of KEYS[1] to the tail of KEYS[2] and returns them: one
-# command and one reply per burst instead of one LMOVE each (the per-command cost is in the client).
-_DRAIN = """
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #items > 0 then
-  redis.call('LTRIM', KEYS[1], #items, -1)
-  redis.call('RPUSH', KEYS[2], unpack(items))
-end
-return items
-"""
 
-
-class IncomingDispatcher:
+class IncomingDispatcher(Service):
     """Moves commands from ``control`` to the rooms."""
 
-    def __init__(self, frontend: "Frontend") -> None:
-        self.frontend = frontend
-        settings = frontend.settings
-        self._control = frontend.keys.control
-        self._inflight = frontend.keys.inflight(settings.frontend_id)
-        self._block = settings.control_block_timeout
-        # the socket timeout outlasts the block: redis-py raises TimeoutError otherwise
-        self._link = DirectLink(settings, socket_timeout=self._block + 5.0)
-        self._stopping = gevent.event.Event()
-        self._greenlet: gevent.Greenlet | None = None
+    name = "incoming"
+
+    def __init__(self, *, link: DirectLink, source: str, ledger: InflightLedger, registry: RoomRegistry,
+                 outbox: OutgoingDispatcher, counters: Counters, settings: Settings,
+                 frontend_id: str) -> None:
+        super().__init__()
+        self._link = link
+        self._source = source
+        self._ledger = ledger
+        self._registry = registry
+        self._outbox = outbox
+        self._counters = counters
+        self._settings = settings
+        self._frontend_id = frontend_id
         self._backoff = Backoff(REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP)
+        self._throttle = Throttle(log, counter=counters)
+        self._adopt_needed = True  # at every (re)start: what a lost reply left in our ledger
 
-    # ---------------------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        self._greenlet = gevent.spawn(self._run)
-        self._greenlet.name = "incoming-dispatcher"
-        self._greenlet.link_exception(self._crashed)
+    def apply_settings(self, new: Settings) -> None:
+        self._settings = new
 
-    def _crashed(self, greenlet: gevent.Greenlet) -> None:
-        """Supervision: whatever killed the loop is logged and the loop starts again."""
-        log.error("incoming dispatcher died: %r; restarting it", greenlet.exception,
-                  exc_info=greenlet.exc_info if greenlet.exc_info and greenlet.exc_info[0] else None)
-        if not self._stopping.is_set():
-            gevent.sleep(0.1)
-            self.start()
+    def setup(self) -> None:
+        self._adopt_needed = True
 
-    def stop(self) -> None:
-        """Stop taking commands now. An item popped but not handled stays in the in-flight list."""
-        self._stopping.set()
-        if self._greenlet is not None:
-            self._greenlet.kill(block=True, timeout=1)
-        self._link.close()
+    def on_stop(self) -> None:
+        self._link.close()  # ends a blocked pop; what it popped stays in the ledger
 
     # ----------------------------------------------------------------------------------- the loop
-    def _run(self) -> None:
-        while not self._stopping.is_set():
+    def step(self) -> None:
+        if self._adopt_needed:
             try:
-                batch = self._pop_batch()
-                self._backoff.reset()
-                if not batch:
-                    continue
+                taken = self._ledger.adopt_unknown(self._source)
             except REDIS_ANY as exc:
-                self.frontend.counters["redis_reconnects:incoming"] += 1
-                delay = self._backoff.next()
-                log.warning("reading %s failed (%s); retrying in %.2fs", self._control, exc, delay)
-                self._stopping.wait(delay)
-                continue
-            inflight = self.frontend.inflight
-            for raw in batch:
-                inflight[raw] += 1
-            for raw in batch:
-                self.handle(raw)
+                self._redis_failed(exc)
+                return
+            self._adopt_needed = False
+            self._handle_all(taken)
+        if not self._ledger.wait_for_room(self.stopping):
+            return
+        settings = self._settings
+        most, budget = self._ledger.room()
+        commands = self._ledger.intake_commands(self._source, settings.control_block_timeout,
+                                                min(most, settings.control_drain),
+                                                min(budget, settings.control_drain_bytes))
+        try:
+            _, taken = self._link.round_trip(commands)
+        except REDIS_ANY as exc:
+            self._adopt_needed = True  # the intake may have run with its reply lost
+            self._redis_failed(exc)
+            return
+        self._backoff.reset()
+        self._handle_all(self._ledger.track(taken))
 
-    def _pop_batch(self) -> list[bytes]:
-        """Block for the next command, and take what else is waiting with it, in one round trip.
+    def _redis_failed(self, exc: Exception) -> None:
+        if self.stopping.is_set():
+            return
+        self._counters["redis_reconnects:incoming"] += 1
+        delay = self._backoff.next()
+        self._throttle.warning("redis", "reading %s failed (%s); retrying in %.2fs", self._source, exc, delay)
+        self.stopping.wait(delay)
 
-        BLMOVE and the drain script go out in one write. Redis runs a blocked client's next command
-        only after the blocking one returns, so the script sees everything that arrived with the
-        first item.
-        """
-        first, rest = self._link.round_trip([
-            ("BLMOVE", self._control, self._inflight, "LEFT", "RIGHT", self._block),
-            ("EVAL", _DRAIN, 2, self._control, self._inflight, self.frontend.settings.control_drain),
-        ])
-        return rest if first is None else [first, *rest]
+    def _handle_all(self, taken: list[tuple[int, bytes]]) -> None:
+        for seq, raw in taken:
+            self.handle(raw, seq)
 
     # -------------------------------------------------------------------------------- routing
-    def handle(self, raw: bytes) -> None:
+    def handle(self, raw: bytes, seq: int = 0) -> None:
         """Validate and route one item; a bad one is dead-lettered, never raised."""
-        frontend = self.frontend
-        frontend.stats["commands_received"] += 1
+        self._counters["commands_received"] += 1
+        settings = self._settings
+        if len(raw) > settings.max_item_bytes:
+            self.reject(raw, seq, "bad_command",
+                        f"the item is {len(raw)} bytes, the limit is {settings.max_item_bytes}")
+            return
         try:
-            command = parse_command(raw, max_text_bytes=frontend.settings.max_text_bytes)
+            command = parse_command(raw, max_text_bytes=settings.max_text_bytes)
         except ProtocolError as exc:
-            self.reject(raw, exc.code, exc.detail)
+            self.reject(raw, seq, exc.code, exc.detail)
             return
         except Exception as exc:  # a validator bug must never stop the dispatcher: dead-letter the item
             log.exception("validating a command failed unexpectedly")
-            self.reject(raw, "bad_command", f"could not be validated: {exc!r}")
+            self.reject(raw, seq, "bad_command", f"could not be validated: {exc!r}"[:300])
             return
-        room = frontend.rooms.get(command.room)
+        command.seq = seq
+        try:
+            self._route(command)
+        except Exception as exc:  # a routing bug: the item is set aside, the loop goes on
+            log.exception("room %s: routing a %s command failed unexpectedly", command.room, command.type)
+            self.reject(raw, seq, "bad_command", f"could not be routed: {exc!r}"[:300], command)
+        command.raw = b""  # the ledger holds the item; the room needs only its seq
+
+    def _route(self, command: Command) -> None:
+        registry = self._registry
+        room = registry.get(command.room)
         if command.type == "join":
+            assert command.spec is not None and command.spec_json is not None
             if room is None:
-                frontend.add_room(command.room, command.spec, command.spec_json)
-                frontend.outbox.registry(command.room, command.spec_json)
-                frontend.outbox.ack(raw)
+                registry.add(command.room, command.spec, command.spec_json)
+                self._ledger.ack(command.seq)  # written after the registry entry, in the same batch
             else:
                 if command.spec_json != room.spec_json:
-                    frontend.outbox.registry(command.room, command.spec_json)
+                    registry.record(command.room, command.spec_json)
                 room.submit(command)
         elif room is None:
-            self.reject(raw, "unknown_room", f"no room {command.room!r} on this frontend", command)
+            self.reject(command.raw, command.seq, "unknown_room",
+                        f"no room {command.room!r} on this frontend", command)
             return
         elif command.type == "part":
-            frontend.outbox.registry(command.room, None)
-            frontend.forget_room(command.room)
+            registry.forget(command.room)
             room.submit(command)
         else:
             room.submit(command)
-        frontend.stats["commands_applied"] += 1
+        self._counters["commands_applied"] += 1
 
-    def reject(self, raw: bytes, code: str, detail: str, command: Command | None = None) -> None:
-        """Dead-letter ``raw`` with its reason, and tell the room when it is one of ours."""
-        frontend = self.frontend
-        frontend.stats["commands_dead"] += 1
-        frontend.stats["commands_dead:" + code] += 1
-        frontend.outbox.dead_letter(dead_letter(raw, code, detail, frontend.settings.frontend_id), raw)
-        room_id, cmd_id = _best_effort_ids(raw, command)
-        room = frontend.rooms.get(room_id) if isinstance(room_id, str) else None
-        log.warning("rejected a command%s: %s: %s", f" for room {room_id}" if room_id else "", code, detail)
+    def reject(self, raw: bytes, seq: int, code: str, detail: str, command: Command | None = None) -> None:
+        """Dead-letter the item with its reason, acknowledge it, and tell the room when it is ours."""
+        self._counters["commands_dead"] += 1
+        self._counters["commands_dead:" + code] += 1
+        self._outbox.dead_letter(protocol.dead_letter(raw, code, detail, self._frontend_id))
+        self._ledger.ack(seq)
+        room_id, cmd_id = _best_effort_ids(raw, command, self._settings.max_item_bytes)
+        room = self._registry.get(room_id) if isinstance(room_id, str) else None
+        self._throttle.warning(code, "rejected a command%s: %s: %s",
+                               f" for room {room_id}" if isinstance(room_id, str) else "", code, detail)
         if room is not None:
             room.emit("error", code=code, detail=detail, cmd_id=cmd_id)
 
 
-def _best_effort_ids(raw: bytes, command: Command | None) -> tuple[Any, Any]:
+def _best_effort_ids(raw: bytes, command: Command | None, limit: int) -> tuple[Any, Any]:
+    """The room id and a ``cmd_id`` fit to echo, of an item that may be anything."""
     if command is not None:
         return command.room, command.cmd_id
+    if len(raw) > limit:
+        return None, None
     try:
         obj = decode(raw)
     except ProtocolError:
         return None, None
     if not isinstance(obj, dict):
         return None, None
-    cmd_id = obj.get("cmd_id")
-    return obj.get("room"), cmd_id if isinstance(cmd_id, (str, int)) else None
+    try:
+        cmd_id = protocol.validate_cmd_id(obj.get("cmd_id"))
+    except ProtocolError:
+        cmd_id = None
+    return obj.get("room"), cmd_id

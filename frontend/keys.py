@@ -50,7 +50,20 @@ class Keys:
     def states(self) -> str:
         return self.prefix + "rooms:state"
 
+    def ledger(self, frontend_id: str) -> str:
+        """A frontend's in-flight ledger: hash seq -> command item, popped and not yet written."""
+        return f"{self.prefix}control:ledger:{frontend_id}"
+
+    def landing(self, frontend_id: str) -> str:
+        """The list a frontend's blocking pop moves into; its intake script empties it at once."""
+        return f"{self.prefix}control:landing:{frontend_id}"
+
+    def ledger_seq(self, frontend_id: str) -> str:
+        """The counter that numbers a frontend's ledger entries."""
+        return f"{self.prefix}control:seq:{frontend_id}"
+
     def inflight(self, frontend_id: str) -> str:
+        """The in-flight *list* of versions before the ledger: only read to move it back."""
         return f"{self.prefix}control:inflight:{frontend_id}"
 
     def heartbeat(self, frontend_id: str) -> str:

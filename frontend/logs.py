@@ -13,16 +13,21 @@ import logging
 import re
 import sys
 import time
+import weakref
 from typing import Any
 
 import ujson
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def escape_controls(text: str) -> str:
-    """``text`` with every control character (C0, DEL, C1, line/paragraph separators) escaped."""
+    """``text`` with every control character (C0, DEL, C1, line/paragraph separators) and lone
+    surrogate escaped."""
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
     if not _CONTROL.search(text):
         return text
     return _CONTROL.sub(lambda m: _NAMED.get(m.group(), "\\x%02x" % ord(m.group())
@@ -55,7 +60,10 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         # ujson escapes C0 controls; escape the rest too, so the line reads safely in a terminal
-        return escape_controls(ujson.dumps(entry, ensure_ascii=False))
+        try:
+            return escape_controls(ujson.dumps(entry, ensure_ascii=False))
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError):  # a lone surrogate, say
+            return ujson.dumps({k: ascii(v) if isinstance(v, str) else v for k, v in entry.items()})
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
@@ -88,6 +96,7 @@ class Throttle:
         self.max_keys = max_keys
         self._counter = counter  # a Counters (``log_suppressed``) or None
         self._state: dict[str, list[Any]] = {}  # key -> [last logged (monotonic), held back, level]
+        _THROTTLES.add(self)
 
     def log(self, level: int, key: str, msg: str, *args: Any) -> None:
         now = time.monotonic()
@@ -127,3 +136,12 @@ class Throttle:
         if state[1]:
             self.logger.log(state[2], "%d more like %r held back in the last %.0fs", state[1], key,
                             self.interval)
+
+
+_THROTTLES: "weakref.WeakSet[Throttle]" = weakref.WeakSet()
+
+
+def flush_throttles() -> None:
+    """Say what every live ``Throttle`` held back (called after each heartbeat, and at shutdown)."""
+    for throttle in list(_THROTTLES):
+        throttle.flush()

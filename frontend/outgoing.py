@@ -1,219 +1,316 @@
 """The outgoing dispatcher: everything rooms hand to Redis, written in pipelined batches by one greenlet.
 
-Rooms never talk to Redis. They put events, command acknowledgements and state changes here, which
-costs an append and an Event.set(); the dispatcher wakes, takes a batch and writes it in one round trip:
-RPUSH per events list, LREM per acknowledged command, HSET of the room states. While Redis is down
-the items stay in memory (events up to ``event_buffer``, then the oldest are dropped and counted) and
-the dispatcher retries with backoff, resuming by itself when Redis returns.
+Rooms never talk to Redis. They hand events, room states and registry changes to this service (an
+append and an Event.set()); acknowledgements come from the in-flight ledger. The dispatcher wakes,
+takes a batch and writes it in one round trip: RPUSH per events list and of dead letters, HSET/HDEL of
+the registry (``rooms``, before the acknowledgements, so a crash never acks a join whose registry
+entry was not written), HDEL of the acknowledged commands from the ledger, HSET of the room states.
+
+One item never costs the others: an event that cannot be encoded is dropped where it is handed over
+(counted, logged); a command of a batch that Redis refuses (a list of the wrong type: WRONGTYPE) is
+retried alone, boundedly, while the rest of the batch counts as written and is never sent again. While
+Redis is down everything stays in memory (events up to ``event_buffer``, then the oldest are dropped and
+counted) and the dispatcher retries with backoff, resuming by itself when Redis returns.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 import gevent
 import gevent.event
+import redis
 
 from .config import Settings
-from .keys import Keys
 from .counters import Counters
+from .inflight import InflightLedger
+from .keys import Keys
+from .logs import Throttle
 from .pacing import Backoff
-from .protocol import encode
-from .redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ANY, DirectLink
+from .protocol import encodable, encode
+from .redis_conn import REDIS_ANY, REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, DirectLink, PackError
+from .service import Service
 
 log = logging.getLogger(__name__)
 
-_ID_PREFIX = os.urandom(6).hex()
-_ID_COUNTER = itertools.count(1)
+#: a list whose RPUSH Redis keeps refusing holds at most this many items for another try ...
+RETRY_PER_LIST = 1000
+#: ... every this many seconds
+REFUSED_RETRY = 2.0
 
 
-# Removes one occurrence of each ARGV item from the in-flight list KEYS[1]: one command per batch.
-_ACK = """
-for i = 1, #ARGV do redis.call('LREM', KEYS[1], 1, ARGV[i]) end
-return #ARGV
-"""
+class OutgoingDispatcher(Service):
+    """Buffers what rooms hand over and writes it to Redis in batches."""
 
+    name = "outgoing"
 
-def new_event_id() -> str:
-    """Unique across processes and restarts: a random per-process prefix and a counter."""
-    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
-
-
-class Outbox:
-    """Buffers what rooms hand over and writes it to Redis from its own greenlet."""
-
-    def __init__(self, link: DirectLink, settings: Settings, keys: Keys, counters: Counters,
-                 on_acked: Callable[[list[bytes]], None] | None = None) -> None:
+    def __init__(self, link: DirectLink, settings: Settings, keys: Keys, ledger: InflightLedger,
+                 counters: Counters) -> None:
+        super().__init__()
         self._link = link
-        self._counters = counters
-        self._on_acked = on_acked
         self._settings = settings
         self._keys = keys
-        self._inflight = keys.inflight(settings.frontend_id)
+        self._ledger = ledger
+        self._counters = counters
         self._events: deque[tuple[str, bytes, float]] = deque()  # list, payload, time queued
-        self._acks: list[bytes] = []
         self._dead: list[bytes] = []
         self._states: dict[str, bytes | None] = {}
         self._registry: dict[str, bytes | None] = {}
-        self._wake = gevent.event.Event()
-        self._stopping = gevent.event.Event()
-        self._greenlet: gevent.Greenlet | None = None
+        #: items Redis refused (per list key): retried after a backoff, never with the whole batch
+        self._refused: dict[str, deque[bytes]] = {}
+        self._refused_at = 0.0
+        self.wake = gevent.event.Event()
         self._backoff = Backoff(REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP)
-        self.pushed = 0
-        self.dropped = 0
+        self._throttle = Throttle(log, counter=counters)
         self.last_error: str | None = None
         self.redis_ok_at = 0.0
-        #: readers pause while this many events wait and Redis is answering (backpressure)
-        self.high_water = max(settings.event_batch * 4, settings.event_buffer // 4)
         self._space = gevent.event.Event()
         self._space.set()
         self._failing = False
+        self._gave_up = False
+        self._retry_timer: gevent.Greenlet | None = None
+        self._apply_limits(settings)
+
+    def _apply_limits(self, settings: Settings) -> None:
+        #: readers pause while this many events wait and Redis is answering (backpressure)
+        self.high_water = max(settings.event_batch * 4, settings.event_buffer // 4)
+
+    def apply_settings(self, new: Settings) -> None:
+        self._settings = new
+        self._apply_limits(new)
 
     # ---------------------------------------------------------------- called by rooms and dispatchers
     def event(self, list_key: str, event: dict[str, Any]) -> None:
-        """Queue one event (a dict; ``event_id`` and ``ts`` are added here when missing)."""
-        event.setdefault("event_id", new_event_id())
-        event.setdefault("ts", time.time())
+        """Queue one event (built by ``protocol.event``). One that cannot be encoded is dropped here."""
+        try:
+            payload = encode(event)
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+            self._counters["events_unencodable"] += 1
+            self._throttle.error("unencodable", "room %s: dropped a %s event that cannot be encoded (%s)",
+                                 _shown(event.get("room")), _shown(event.get("type")), exc)
+            return
         if len(self._events) >= self._settings.event_buffer:
             self._events.popleft()
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("event buffer full (%d): dropped the oldest event (%d dropped so far)",
-                          self._settings.event_buffer, self.dropped)
-        self._events.append((list_key, encode(event), time.time()))
-        self._wake.set()
+            self._counters["events_dropped"] += 1
+            self._throttle.error("buffer-full", "event buffer full (%d): dropped the oldest event "
+                                 "(%d dropped so far)", self._settings.event_buffer,
+                                 self._counters["events_dropped"])
+        self._events.append((list_key, payload, time.time()))
+        self.wake.set()
 
     def wait_for_room(self) -> None:
         """Backpressure for chat readers: while Redis is answering but the buffer is past its
         high-water mark, wait for it to drain (the chat server holds what we do not read). While
         Redis is down nothing waits here: events go to the bounded buffer instead."""
-        while len(self._events) >= self.high_water and not self._failing and not self._stopping.is_set():
+        while len(self._events) >= self.high_water and not self._failing and not self.stopping.is_set():
             self._space.clear()
-            self._wake.set()
+            self.wake.set()
             self._space.wait(1.0)
 
-    def ack(self, raw: bytes) -> None:
-        """The command ``raw`` was applied (or rejected): remove it from the in-flight list."""
-        if raw is not None:  # b"" too: an empty item was popped and must leave the in-flight list
-            self._acks.append(raw)
-            self._wake.set()
-
-    def dead_letter(self, item: bytes, raw: bytes) -> None:
-        """Move a rejected command to ``control:dead`` (and out of the in-flight list)."""
+    def dead_letter(self, item: bytes) -> None:
+        """Push a dead letter (``protocol.dead_letter``) to ``control:dead``."""
         self._dead.append(item)
-        self.ack(raw)
+        self.wake.set()
 
     def state(self, room_id: str, state: dict[str, Any] | None) -> None:
         """Record a room's state in ``rooms:state`` (None removes it). Only the latest one is written."""
         self._states[room_id] = None if state is None else encode(state)
-        self._wake.set()
+        self.wake.set()
 
     def registry(self, room_id: str, spec: dict[str, Any] | None) -> None:
         """Record the desired state of a room in ``rooms`` (None removes it); written before acks."""
         self._registry[room_id] = None if spec is None else encode(spec)
-        self._wake.set()
+        self.wake.set()
 
     @property
     def pending(self) -> int:
-        return (len(self._events) + len(self._acks) + len(self._dead) + len(self._states)
-                + len(self._registry))
+        return (len(self._events) + self._ledger.pending_acks + len(self._dead) + len(self._states)
+                + len(self._registry) + sum(len(q) for q in self._refused.values()))
 
-    # ---------------------------------------------------------------------------------- lifecycle
-    def start(self) -> None:
-        self._greenlet = gevent.spawn(self._run)
-        self._greenlet.name = "outgoing-dispatcher"
+    # -------------------------------------------------------------------------------- the loop
+    def setup(self) -> None:
+        self.wake.set()  # a restart after a crash: what was kept goes out at once
 
-    def stop(self, timeout: float) -> bool:
+    def _run(self) -> None:
+        self.setup()
+        while not (self.stopping.is_set() and (not self._has_work() or self._gave_up)):
+            self.step()
+
+    def step(self) -> None:
+        if not self.stopping.is_set():
+            self.wake.wait()
+            self.wake.clear()
+        try:
+            while self._has_work():
+                self._flush_once()
+                if len(self._events) < self.high_water:
+                    self._space.set()
+                gevent.sleep(0)  # a turn for the readers between batches
+            self._failing = False
+        except REDIS_ANY as exc:
+            self._counters["redis_reconnects:outgoing"] += 1
+            self.last_error = str(exc)
+            self._failing = True
+            self._space.set()  # Redis is down: readers go on, the bounded buffer takes it
+            delay = self._backoff.next()
+            self._throttle.warning("redis", "Redis write failed (%s); %d items kept, retrying in %.2fs",
+                                   exc, self.pending, delay)
+            if self.stopping.wait(delay) and self._backoff.failures > 3:
+                self._gave_up = True  # stopping and Redis stays down: stop() logs what is left
+            self.wake.set()
+            return
+        if self._refused:
+            self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        """Wake once when the items Redis refused are due for another try (one timer at a time)."""
+        if self._retry_timer is None or self._retry_timer.dead:
+            self._retry_timer = gevent.spawn_later(max(0.0, self._refused_at - time.monotonic()),
+                                                   self.wake.set)
+
+    def _has_work(self) -> bool:
+        return bool(self._events or self._ledger.pending_acks or self._dead or self._states
+                    or self._registry or (self._refused and time.monotonic() >= self._refused_at))
+
+    def stop(self, timeout: float = 1.0) -> bool:
         """Flush what is buffered (for at most ``timeout`` s); True when nothing was left behind."""
-        self._stopping.set()
-        self._wake.set()
-        if self._greenlet is not None:
-            self._greenlet.join(timeout)
-            if not self._greenlet.dead:
-                self._greenlet.kill(block=False)
+        self.stopping.set()
+        self.wake.set()
+        greenlet = self.greenlet
+        if greenlet is not None and not greenlet.dead:
+            greenlet.join(timeout)
+            if not greenlet.dead:
+                greenlet.kill(block=False)
+        if self._retry_timer is not None:
+            self._retry_timer.kill(block=False)
         self._link.close()
+        self._throttle.flush()
         left = self.pending
         if left:
             log.warning("outgoing dispatcher stopped with %d items unwritten", left)
         return left == 0
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            try:
-                while self.pending:
-                    self._flush_once()
-                    if len(self._events) < self.high_water:
-                        self._space.set()
-                    gevent.sleep(0)  # a turn for the readers between batches
-                self._backoff.reset()
-                self._failing = False
-            except REDIS_ANY as exc:
-                self._counters["redis_reconnects:outgoing"] += 1
-                self.last_error = str(exc)
-                self._failing = True
-                self._space.set()  # Redis is down: readers go on, the bounded buffer takes it
-                delay = self._backoff.next()
-                log.warning("Redis write failed (%s); %d items kept, retrying in %.2fs",
-                            exc, self.pending, delay)
-                if self._stopping.wait(delay) and self._backoff.failures > 3:
-                    return  # stopping and Redis stays down: give up, the caller logs what is left
-                self._wake.set()
-                continue
-            if self._stopping.is_set() and not self.pending:
-                return
-
+    # ------------------------------------------------------------------------------- one batch
     def _flush_once(self) -> None:
         batch = [self._events.popleft() for _ in range(min(len(self._events), self._settings.event_batch))]
-        acks, self._acks = self._acks, []
+        acks = self._ledger.take_acks()
         dead, self._dead = self._dead, []
         states, self._states = self._states, {}
         registry, self._registry = self._registry, {}
+        retry: dict[str, deque[bytes]] = {}
+        if self._refused and time.monotonic() >= self._refused_at:
+            retry, self._refused = self._refused, {}
         try:
-            commands: list[tuple[Any, ...]] = []
-            by_list: dict[str, list[bytes]] = {}
-            for key, payload, _ in batch:
-                by_list.setdefault(key, []).append(payload)
-            for key, payloads in by_list.items():
-                commands.append(("RPUSH", key, *payloads))
-            if dead:
-                commands.append(("RPUSH", self._keys.dead, *dead))
-            _write_hash(commands, self._keys.rooms, registry)
-            if acks:  # EVAL, not EVALSHA: nothing to reload after a Redis restart
-                commands.append(("EVAL", _ACK, 1, self._inflight, *acks))
-            _write_hash(commands, self._keys.states, states)
-            if commands:
-                self._link.round_trip(commands)
-        except BaseException:
-            # Put everything back in front, in order: a retry may duplicate (consumers de-duplicate
-            # by event_id) but never loses an item.
+            commands, plan = self._commands(batch, acks, dead, states, registry, retry)
+            replies = self._link.round_trip(commands, raise_errors=False) if commands else []
+        except BaseException as exc:
+            # Put everything back in front, in order, whatever failed (Redis, or a bug here): a retry
+            # may duplicate (consumers de-duplicate by event_id) but never loses an item.
             self._events.extendleft(reversed(batch))
-            self._acks[:0] = acks
+            self._ledger.give_back_acks(acks)
             self._dead[:0] = dead
             for room, value in states.items():
                 self._states.setdefault(room, value)
             for room, value in registry.items():
                 self._registry.setdefault(room, value)
+            for key, items in retry.items():
+                self._refused.setdefault(key, deque(maxlen=RETRY_PER_LIST)).extendleft(reversed(items))
+            if isinstance(exc, PackError):
+                self._scrub(exc)  # nothing was sent: drop what cannot be sent, the rest goes next
+                return
             raise
-        self.pushed += len(batch)
+        if not commands:
+            return
+        self.redis_ok_at = time.monotonic()
+        self._backoff.reset()
+        for (what, key, payloads), reply in zip(plan, replies):
+            if isinstance(reply, redis.ResponseError):
+                self._refused_item(what, key, payloads, reply)
+        self._counters["events_pushed"] += len(batch)
         if batch:
             self._counters.event_latency.observe_since(time.time(), (t for _, _, t in batch))
-        if acks and self._on_acked is not None:
-            self._on_acked(acks)
-        self.redis_ok_at = time.monotonic()
+        if acks:
+            self._ledger.written(acks)
+
+    def _commands(self, batch: list[tuple[str, bytes, float]], acks: list[int], dead: list[bytes],
+                  states: dict[str, bytes | None], registry: dict[str, bytes | None],
+                  retry: dict[str, deque[bytes]]) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, list[bytes]]]]:
+        """The batch's commands, each with what it carries (kind, key, list items), so a reply that
+        is an error can be told apart from the others."""
+        by_list: dict[str, list[bytes]] = {}
+        for key, items in retry.items():
+            by_list.setdefault(key, []).extend(items)
+        for key, payload, _ in batch:
+            by_list.setdefault(key, []).append(payload)
+        if dead:
+            by_list.setdefault(self._keys.dead, []).extend(dead)
+        commands: list[tuple[Any, ...]] = []
+        plan: list[tuple[str, str, list[bytes]]] = []
+        for key, payloads in by_list.items():
+            commands.append(("RPUSH", key, *payloads))
+            plan.append(("list", key, payloads))
+        _write_hash(commands, plan, "registry", self._keys.rooms, registry)
+        if acks:
+            commands.append(self._ledger.hdel_command(acks))
+            plan.append(("acks", self._ledger.key, []))
+        _write_hash(commands, plan, "states", self._keys.states, states)
+        return commands, plan
+
+    def _scrub(self, exc: PackError) -> None:
+        """A batch could not be encoded. Validation refuses what Redis cannot carry, so only a bug
+        gets here: drop the keys and fields that cannot be sent (counted, logged), keep the rest."""
+        def ok(text: Any) -> bool:
+            return not isinstance(text, str) or encodable(text)
+
+        dropped = 0
+        for table in (self._states, self._registry):
+            for field in [f for f in table if not ok(f)]:
+                del table[field]
+                dropped += 1
+        kept = deque(item for item in self._events if ok(item[0]))
+        dropped += len(self._events) - len(kept)
+        self._events = kept
+        for key in [k for k in self._refused if not ok(k)]:
+            dropped += len(self._refused.pop(key))
+        self._counters["events_unencodable"] += dropped
+        self._throttle.error("pack", "dropped %d items that cannot be sent to Redis: %s", dropped, exc)
+
+    def _refused_item(self, what: str, key: str, payloads: list[bytes], error: redis.ResponseError) -> None:
+        """Redis refused one command of the batch (the others were written): keep its items for a
+        later try on their own, bounded, and say so."""
+        self._counters["redis_refused:" + what] += 1
+        self.last_error = f"{key}: {error}"
+        if what == "list":
+            kept = self._refused.setdefault(key, deque(maxlen=RETRY_PER_LIST))
+            before = len(kept)
+            kept.extend(payloads)
+            lost = before + len(payloads) - len(kept)
+            if lost:
+                self._counters["events_dropped"] += lost
+            self._refused_at = time.monotonic() + REFUSED_RETRY
+            self._throttle.error("refused:" + key, "Redis refused a write to %s (%s): %d items kept for "
+                                 "another try, %d dropped", key, error, len(kept), lost)
+        else:
+            self._throttle.error("refused:" + what, "Redis refused the %s write to %s (%s)", what, key, error)
 
 
-def _write_hash(commands: list[tuple[Any, ...]], key: str, values: dict[str, bytes | None]) -> None:
+def _write_hash(commands: list[tuple[Any, ...]], plan: list[tuple[str, str, list[bytes]]], what: str,
+                key: str, values: dict[str, bytes | None]) -> None:
     """HDEL the fields mapped to None, HSET the others."""
     gone = [field for field, value in values.items() if value is None]
     if gone:
         commands.append(("HDEL", key, *gone))
+        plan.append((what, key, []))
     pairs = [item for field, value in values.items() if value is not None for item in (field, value)]
     if pairs:
         commands.append(("HSET", key, *pairs))
+        plan.append((what, key, []))
+
+
+def _shown(value: Any) -> str:
+    """A value for a log line: short, and printable whatever it holds."""
+    return ascii(value)[:80] if not isinstance(value, str) else ascii(value)[1:-1][:80]
+

@@ -308,6 +308,8 @@ class Command:
     expires: float | None = None
     received: float = 0.0
     raw: bytes = field(default=b"", repr=False, compare=False)
+    #: its entry in the frontend's in-flight ledger (0: not taken from Redis)
+    seq: int = 0
 
 
 def _check_id(obj: Mapping[str, Any]) -> str:
@@ -320,7 +322,11 @@ def _check_id(obj: Mapping[str, Any]) -> str:
 
 
 def _check_cmd_id(obj: Mapping[str, Any]) -> str | int | None:
-    cmd_id = obj.get("cmd_id")
+    return validate_cmd_id(obj.get("cmd_id"))
+
+
+def validate_cmd_id(cmd_id: Any) -> str | int | None:
+    """A ``cmd_id`` as commands may carry it (None when absent); raises ProtocolError otherwise."""
     if cmd_id is None:
         return None
     if isinstance(cmd_id, int) and not isinstance(cmd_id, bool) and -MAX_INT_ID <= cmd_id < MAX_INT_ID:

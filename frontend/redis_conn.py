@@ -16,6 +16,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from . import scripts
 from .config import Settings
 
 #: errors after which a Redis call is worth retrying (the connection, not the command, failed)
@@ -44,6 +45,10 @@ def shared_client(settings: Settings, *, max_connections: int = 16) -> redis.Red
     return redis.Redis(connection_pool=pool)
 
 
+class PackError(ValueError):
+    """A batch could not be encoded for the wire (a value Redis cannot carry): nothing was sent."""
+
+
 class DirectLink:
     """One Redis connection for one greenlet: a batch of commands in one write, replies in one read.
 
@@ -59,28 +64,51 @@ class DirectLink:
         )
         self._conn = self._client.connection_pool.make_connection()
 
-    def round_trip(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def round_trip(self, commands: Sequence[tuple[Any, ...]], *, raise_errors: bool = True) -> list[Any]:
         """Send ``commands`` (each ``(NAME, *args)``) in one write and return their replies in order.
 
-        The first error reply is raised once every reply is read. Any other failure (connection,
-        timeout, a kill) drops the connection, so a reply can never be left unread for the next batch.
+        An error reply is raised once every reply is read (the first one), or with ``raise_errors``
+        False returned in its place, so the caller can tell which command failed. An EVALSHA that
+        Redis answers NOSCRIPT (its script cache was emptied) is sent again as EVAL at once. A batch
+        that cannot be encoded raises ``PackError`` before anything is sent. Any other failure
+        (connection, timeout, a kill) drops the connection, so a reply is never left unread.
         """
         conn, client = self._conn, self._client
+        try:
+            packed = conn.pack_commands(commands)
+        except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as exc:
+            raise PackError(f"a command of the batch cannot be sent: {exc}") from exc
         replies: list[Any] = []
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command(packed)
             for command in commands:
                 try:
                     replies.append(client.parse_response(conn, command[0]))
                 except redis.ResponseError as exc:
                     replies.append(exc)
+            for i, reply in enumerate(replies):
+                if isinstance(reply, redis.ResponseError) and commands[i][0] == "EVALSHA" \
+                        and scripts.is_noscript(reply):
+                    replies[i] = self._eval_instead(commands[i])
         except BaseException:
             conn.disconnect()
             raise
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
+        if raise_errors:
+            for reply in replies:
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
         return replies
+
+    def _eval_instead(self, command: tuple[Any, ...]) -> Any:
+        script = scripts.by_sha(command[1])
+        if script is None:
+            return redis.ResponseError(f"NOSCRIPT and no script with SHA {command[1]} is known")
+        conn = self._conn
+        conn.send_packed_command(conn.pack_command("EVAL", script.text, *command[2:]))
+        try:
+            return self._client.parse_response(conn, "EVAL")
+        except redis.ResponseError as exc:
+            return exc
 
     def close(self) -> None:
         self._conn.disconnect()

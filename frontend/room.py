@@ -1,35 +1,72 @@
 """A room: one greenlet and one gevent queue per room id, the only place the room's commands are handled.
 
-Lifecycle: ``start()`` spawns the greenlet, which attaches the room to a chat session (shared or its
-own) and then blocks on its queue. Commands are handled strictly in order. ``part`` detaches the
-room and ends the greenlet; ``shutdown()`` ends it without parting (the room stays in the registry so
-a restart rejoins it). States (connecting, joining, joined, backoff, failed, parted) are reported by the
-session through ``set_state`` and written to ``rooms:state``.
+``Room(id, spec, spec_json, ctx)`` gets what it uses in a ``RoomContext``: the session pool to find its
+chat session, the outgoing dispatcher for its events and states, the ledger to acknowledge commands,
+the counters and the current settings. Lifecycle: ``start()`` spawns the greenlet (in the registry's
+``gevent.pool.Group``), which attaches the room to a chat session (shared or its own) and then blocks
+on its queue. Commands are handled strictly in order, one at a time; a command whose handling fails
+unexpectedly is answered with an ``error`` event and acknowledged, and the room goes on. ``part``
+detaches the room and ends the greenlet (what was queued behind it gets ``not_sent``);
+``shutdown()`` ends it without parting (the room stays in the registry so a restart rejoins it).
+States (connecting, joining, joined, backoff, failed, parted) are reported by the session through
+``set_state`` and written to ``rooms:state``. Inbound chat lines are limited per room
+(``room_event_rate``/``room_event_burst``): past it they are dropped and counted, so one flooded room
+cannot fill Redis.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
 
 import gevent
 import gevent.queue
 
+from . import protocol
+from .chat.base import ChatSession
+from .config import Settings
+from .counters import Counters
+from .inflight import InflightLedger
+from .keys import Keys
+from .logs import Throttle
+from .pacing import TokenBucket
 from .protocol import Command, Spec
 
 if TYPE_CHECKING:
-    from .app import Frontend
+    from .outgoing import OutgoingDispatcher
+    from .sessions import SessionPool
 
 log = logging.getLogger(__name__)
 
 _SHUTDOWN = object()
+#: events that carry what people say: the ones the per-room inbound limit applies to
+_CHAT_EVENTS = frozenset({"message", "action"})
+
+
+@dataclass
+class RoomContext:
+    """What a room uses, and nothing else."""
+
+    outbox: "OutgoingDispatcher"
+    ledger: InflightLedger
+    sessions: "SessionPool"
+    counters: Counters
+    keys: Keys
+    frontend_id: str
+    #: the current Settings (a reload swaps them)
+    settings: Callable[[], Settings]
+    throttle: Throttle
 
 
 class Room:
     """One chat room (an IRC channel or an XMPP MUC) as seen by its greenlet."""
 
-    def __init__(self, room_id: str, spec: Spec, spec_json: dict, frontend: "Frontend") -> None:
+    __slots__ = ("id", "spec", "spec_json", "queue", "state", "state_since", "attempts", "last_error",
+                 "_ctx", "session", "_events_key", "greenlet", "parted", "_inbound", "__weakref__")
+
+    def __init__(self, room_id: str, spec: Spec, spec_json: dict, ctx: RoomContext) -> None:
         self.id = room_id
         self.spec = spec
         self.spec_json = spec_json
@@ -38,20 +75,20 @@ class Room:
         self.state_since = time.time()
         self.attempts = 0
         self.last_error: str | None = None
-        self._frontend = frontend
-        self._session: Any = None
-        self._events_key = frontend.keys.key(spec.events) if spec.events else frontend.keys.messages
+        self._ctx = ctx
+        self.session: ChatSession | None = None
+        self._events_key = self._events_key_for(spec)
         self.greenlet: gevent.Greenlet | None = None
         self.parted = False
+        self._inbound: TokenBucket | None = None  # made on the first chat line: most rooms are quiet
 
     def __repr__(self) -> str:
         return f"<Room {self.id} {self.state}>"
 
-    # ------------------------------------------------------------------------- for the dispatcher
-    def start(self) -> None:
-        self.greenlet = gevent.spawn(self._run)
-        self.greenlet.name = f"room {self.id}"
+    def _events_key_for(self, spec: Spec) -> str:
+        return self._ctx.keys.key(spec.events) if spec.events else self._ctx.keys.messages
 
+    # ------------------------------------------------------------------------- for the dispatcher
     def submit(self, command: Command) -> None:
         self.queue.put(command)
 
@@ -61,13 +98,25 @@ class Room:
 
     # ------------------------------------------------------------------------- RoomLink (sessions)
     def emit(self, type: str, **fields: Any) -> None:
-        event = {"type": type, "room": self.id, "protocol": self.spec.protocol}
-        if self.spec.tenant is not None:
-            event["tenant"] = self.spec.tenant
-        if fields.get("cmd_id", 0) is None:
-            del fields["cmd_id"]
-        event.update(fields)
-        self._frontend.outbox.event(self._events_key, event)
+        if type in _CHAT_EVENTS and not self._inbound_allowed():
+            return
+        self._ctx.outbox.event(self._events_key, protocol.event(
+            type, self.id, self.spec.protocol, self.spec.tenant, **fields))
+
+    def _inbound_allowed(self) -> bool:
+        bucket = self._inbound
+        if bucket is None:
+            settings = self._ctx.settings()
+            if settings.room_event_rate <= 0:
+                return True
+            bucket = self._inbound = TokenBucket(settings.room_event_rate, settings.room_event_burst)
+        if bucket.take() == 0.0:
+            return True
+        self._ctx.counters["events_rate_dropped"] += 1
+        self._ctx.throttle.warning("inbound:" + self.id, "room %s: more than %g lines/s from the chat "
+                                   "server: dropped (counted in greenroom_events_rate_dropped_total)",
+                                   self.id, bucket.rate)
+        return False
 
     def set_state(self, state: str, *, error: str | None = None) -> None:
         if state == self.state and error == self.last_error:
@@ -80,51 +129,76 @@ class Room:
         if error is not None:
             self.last_error = error
         log.info("room %s: %s%s", self.id, state, f" ({error})" if error else "")
-        self._frontend.outbox.state(self.id, {
+        self._ctx.outbox.state(self.id, {
             "state": state, "since": self.state_since, "attempts": self.attempts,
-            "error": self.last_error, "frontend": self._frontend.settings.frontend_id,
-            "protocol": self.spec.protocol,
+            "error": self.last_error, "frontend": self._ctx.frontend_id, "protocol": self.spec.protocol,
         })
 
     def ack(self, command: Command) -> None:
         if command.received:
-            self._frontend.counters.command_latency.observe(time.time() - command.received)
-        self._frontend.outbox.ack(command.raw)
+            self._ctx.counters.command_latency.observe(time.time() - command.received)
+        self._ctx.ledger.ack(command.seq)
 
     # ----------------------------------------------------------------------------------- greenlet
-    def _run(self) -> None:
-        self._attach()
+    def run(self) -> None:
+        """The room's greenlet (the registry spawns it, and again after a crash)."""
+        if self.session is None:
+            self._attach()
         while True:
             command = self.queue.get()
             if command is _SHUTDOWN:
                 return
-            handler = getattr(self, "_on_" + command.type)
-            handler(command)
+            try:
+                getattr(self, "_on_" + command.type)(command)
+            except gevent.GreenletExit:
+                raise
+            except Exception as exc:  # one command must never stop the room: answer it, go on
+                log.exception("room %s: handling a %s command failed", self.id, command.type)
+                self._ctx.counters["room_command_errors"] += 1
+                self.emit("error", code="internal_error", detail=f"could not handle the command: {exc!r}"[:300],
+                          cmd_id=command.cmd_id)
+                self.ack(command)
             if self.parted:
+                self._not_sent_after_part()
                 return
 
     def _attach(self) -> None:
-        self._session = self._frontend.sessions.session_for(self.id, self.spec)
-        self._session.attach(self)
+        session = self._ctx.sessions.session_for(self.id, self.spec)
+        session.attach(self)
+        self.session = session
+
+    def _not_sent_after_part(self) -> None:
+        """Commands queued behind the ``part`` never run: each is answered and acknowledged."""
+        while True:
+            try:
+                command = self.queue.get_nowait()
+            except gevent.queue.Empty:
+                return
+            if command is _SHUTDOWN:
+                continue
+            self.emit("error", code="not_sent", detail="the room was parted before this was handled",
+                      cmd_id=command.cmd_id)
+            self.ack(command)
 
     def _on_join(self, command: Command) -> None:
+        assert self.session is not None
         if command.spec_json == self.spec_json:
             if self.state == "joined":
-                self.emit("joined", nick=self._session.nick_for(self),
+                self.emit("joined", nick=self.session.nick_for(self),
                           channel=getattr(self.spec, "channel", None) or getattr(self.spec, "muc", None))
         else:
             log.info("room %s: moving to a new spec", self.id)
-            self._session.detach(self, "moving")
+            self.session.detach(self, "moving")
             assert command.spec is not None and command.spec_json is not None
             self.spec, self.spec_json = command.spec, command.spec_json
-            self._events_key = (self._frontend.keys.key(self.spec.events) if self.spec.events
-                                else self._frontend.keys.messages)
+            self._events_key = self._events_key_for(self.spec)
             self._attach()
         self.ack(command)
 
     def _on_part(self, command: Command) -> None:
+        assert self.session is not None
         self.parted = True
-        self._session.detach(self, command.reason or "bye")
+        self.session.detach(self, command.reason or "bye")
         self.ack(command)
 
     def _on_ping(self, command: Command) -> None:
@@ -132,17 +206,18 @@ class Room:
         self.ack(command)
 
     def _on_say(self, command: Command) -> None:
+        assert self.session is not None
         if command.expires is not None and command.expires < time.time():
             self.emit("error", code="stale", detail="expired before it was handled", cmd_id=command.cmd_id)
             self.ack(command)
             return
-        self._session.submit(self, command)
+        self.session.submit(self, command)
 
     _on_action = _on_say
     _on_topic = _on_say
 
     def queue_depth(self) -> int:
         depth = self.queue.qsize()
-        if self._session is not None and hasattr(self._session, "depth"):
-            depth += self._session.depth(self)
+        if self.session is not None:
+            depth += self.session.depth(self)
         return depth

@@ -38,11 +38,21 @@ class Script:
         return client.register_script(self.text)
 
 
+_BY_SHA: dict[str, Script] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def load(name: str) -> Script:
     """The script ``frontend/lua/<name>.lua``."""
     text = resources.files("frontend.lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return Script(name=name, text=text, sha=hashlib.sha1(text.encode("utf-8")).hexdigest())
+    script = Script(name=name, text=text, sha=hashlib.sha1(text.encode("utf-8")).hexdigest())
+    _BY_SHA[script.sha] = script
+    return script
+
+
+def by_sha(sha: str | bytes) -> Script | None:
+    """A loaded script by its SHA1 (to send it again as EVAL after NOSCRIPT)."""
+    return _BY_SHA.get(sha.decode() if isinstance(sha, bytes) else sha)
 
 
 def names() -> list[str]:

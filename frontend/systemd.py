@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 
-import gevent
+from .service import Service
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +47,24 @@ def watchdog_interval(env: dict[str, str] | None = None) -> float:
         return 0.0
 
 
-class Watchdog:
-    """A greenlet that sends WATCHDOG=1 while the hub keeps running greenlets."""
+class Watchdog(Service):
+    """Sends WATCHDOG=1 while the hub keeps running greenlets (only when systemd asks for it)."""
+
+    name = "systemd-watchdog"
 
     def __init__(self) -> None:
+        super().__init__()
         self.interval = watchdog_interval()
-        self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
-        if self.interval and self._greenlet is None:
+        if self.interval and not self.running:
             log.info("systemd watchdog: pinging every %.1fs", self.interval)
-            self._greenlet = gevent.spawn(self._run)
-            self._greenlet.name = "systemd-watchdog"
+            super().start()
 
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-            self._greenlet = None
+    @property
+    def wanted(self) -> bool:
+        return bool(self.interval)
 
-    def _run(self) -> None:
-        while True:
-            notify("WATCHDOG=1")
-            gevent.sleep(self.interval)
+    def step(self) -> None:
+        notify("WATCHDOG=1")
+        self.stopping.wait(self.interval)

@@ -76,7 +76,7 @@ try:
                         log_level="WARNING")
     fe = Frontend(settings)
     starter = gevent.spawn(fe.start)
-    while not fe.registry_loaded:
+    while not fe.registry.loaded:
         gevent.sleep(0.05)
     gevent.sleep(1.0)
     gc.collect()

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.support.frontend import Events, held, irc_spec, push, running_frontend
 
 pytestmark = pytest.mark.e2e
 _seq = itertools.count()
@@ -167,8 +167,8 @@ def test_malformed_items_are_dead_lettered_and_the_daemon_keeps_serving(fe, redi
     assert codes.count("unknown_room") == 1 and codes.count("bad_command") == len(bad) - 1
     assert all(d["error"]["detail"] for d in dead)
     assert "unknown spec key 'chanel'" in dead[-1]["error"]["detail"]
-    assert fe.stats["commands_dead"] == len(bad)
-    assert redis_client.llen("control:inflight:test-fe") == 0
+    assert fe.counters["commands_dead"] == len(bad)
+    assert held(redis_client, "test-fe") == 0
 
 
 def test_nick_in_use_falls_back_to_suffixes(fe, redis_client, events, ngircd, irc_client):

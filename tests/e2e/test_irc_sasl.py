@@ -11,7 +11,7 @@ import gevent
 import pytest
 from gevent.server import StreamServer
 
-from tests.support.frontend import Events, push, running_frontend
+from tests.support.frontend import Events, held, push, running_frontend
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +90,7 @@ def test_sasl_plain_logs_in_and_echo_message_acks(redis_url, redis_client):
                 while not any(line == "PRIVMSG #sasl :logged in" for line in ircd.received):
                     gevent.sleep(0.05)
             with gevent.Timeout(5):  # acknowledged once the server echoed the line back
-                while redis_client.llen("control:inflight:sasl-fe"):
+                while held(redis_client, "sasl-fe"):
                     gevent.sleep(0.05)
         sent = ircd.received
         assert sent[0] == "CAP LS 302"
@@ -114,7 +114,7 @@ def test_with_irc_ack_write_echo_message_is_not_requested(redis_url, redis_clien
                 while not any(line == "PRIVMSG #sasl :no echo" for line in ircd.received):
                     gevent.sleep(0.05)
             with gevent.Timeout(5):  # acknowledged once written
-                while redis_client.llen("control:inflight:write-fe"):
+                while held(redis_client, "write-fe"):
                     gevent.sleep(0.05)
         assert "CAP REQ :sasl" in ircd.received
         assert not any("echo-message" in line for line in ircd.received if line.startswith("CAP REQ"))

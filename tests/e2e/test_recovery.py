@@ -1,4 +1,5 @@
-"""In-flight recovery through a real Redis: stranded items, dead frontends' lists, live ones left alone."""
+"""In-flight recovery through a real Redis: stranded items, dead frontends' ledgers (and the in-flight
+lists of versions before the ledger), live ones left alone."""
 
 import json
 
@@ -42,12 +43,23 @@ def test_a_live_frontends_list_is_left_alone(fe, redis_client):
     assert redis_client.lrange("control:inflight:alive-fe", 0, -1) == [ping("rec", "not-mine")]
 
 
-def test_an_item_stranded_in_our_own_list_is_requeued(fe, redis_client):
+def test_a_dead_frontends_ledger_is_taken_over_in_the_order_it_was_taken(fe, redis_client):
     frontend, events = fe
-    # what a BLMOVE whose reply was lost leaves behind: an item in our list that no room holds
-    redis_client.rpush("control:inflight:rec-fe", ping("rec", "stranded"))
+    # a dead frontend's ledger (seq -> item), written out of order, and what its last pop landed
+    redis_client.hset("control:ledger:dead-fe3", mapping={"12": ping("rec", "third"), "3": ping("rec", "first"),
+                                                         "7": ping("rec", "second")})
+    redis_client.rpush("control:landing:dead-fe3", ping("rec", "fourth"))
+    got = [events.wait(type="pong", room="rec")["cmd_id"] for _ in range(4)]
+    assert got == ["first", "second", "third", "fourth"]
+    assert not redis_client.exists("control:ledger:dead-fe3", "control:landing:dead-fe3")
+
+
+def test_an_item_stranded_in_our_own_ledger_is_requeued(fe, redis_client):
+    frontend, events = fe
+    # what an intake whose reply was lost leaves behind: an entry of our ledger that no room holds
+    redis_client.hset("control:ledger:rec-fe", 10 ** 9, ping("rec", "stranded"))
     assert events.wait(type="pong", room="rec", cmd_id="stranded", timeout=10)
-    assert redis_client.llen("control:inflight:rec-fe") == 0
+    assert redis_client.hlen("control:ledger:rec-fe") == 0
 
 
 def test_the_heartbeat_describes_the_frontend(fe, redis_client):

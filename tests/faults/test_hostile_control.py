@@ -25,7 +25,7 @@ import ujson
 from tests.faults import Observer, log_tail, proc_alive, report, stop_process, uniq, wait_until
 from tests.faults import EventLog
 from frontend.protocol import DEAD_RAW_LIMIT
-from tests.support.frontend import FrontendProcess, irc_spec, push
+from tests.support.frontend import FrontendProcess, held, held_items, irc_spec, push
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -246,12 +246,11 @@ def test_10000_hostile_items_are_dead_lettered_and_valid_ones_delivered(redis_ur
         assert {ln.cmd for ln in bot_lines} <= {"JOIN", "PRIVMSG"}
         assert not [ln for ln in bot_lines if ln.target.lower() == other.lower()]
         assert len([ln for ln in bot_lines if ln.cmd == "PRIVMSG"]) == VALID_SAYS
-        inflight_key = f"control:inflight:{fe_id}"
         try:
-            wait_until(lambda: redis_client.llen(inflight_key) == 0, 10, what="an empty in-flight list")
+            wait_until(lambda: held(redis_client, fe_id) == 0, 10, what="an empty in-flight ledger")
         except AssertionError:
-            left = redis_client.lrange(inflight_key, 0, 20)
-            raise AssertionError(f"{redis_client.llen(inflight_key)} items never left the in-flight list, "
+            left = held_items(redis_client, fe_id)
+            raise AssertionError(f"{len(left)} items never left the in-flight ledger, "
                                  f"e.g. {left[:5]}") from None
         assert redis_client.llen("control") == 0
         # and it still answers
@@ -297,7 +296,7 @@ def test_an_empty_item_leaves_the_inflight_list(redis_url, redis_client, ngircd,
     try:
         redis_client.rpush("control", b"", b"", b"not json")
         wait_until(lambda: redis_client.llen("control:dead") == 3, 15, what="3 dead letters")
-        wait_until(lambda: redis_client.llen(f"control:inflight:{fe_id}") == 0, 5,
+        wait_until(lambda: held(redis_client, fe_id) == 0, 5,
                    what="an empty in-flight list")
     finally:
         stop_process(proc)

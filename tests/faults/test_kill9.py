@@ -26,7 +26,7 @@ import redis
 import ujson
 
 from tests.faults import EventLog, Observer, count_dups, log_tail, proc_alive, report, uniq, wait_until
-from tests.support.frontend import FrontendProcess, irc_spec
+from tests.support.frontend import FrontendProcess, held, held_items, irc_spec
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -58,7 +58,7 @@ def kill9(redis_server, ngircd, tmp_path_factory) -> dict:
     env = {"control_drain": 500, "key_prefix": prefix}
     proc = FrontendProcess(redis_server.url, log_path, frontend_id=fe_id, **env).start()
     proc2 = None
-    control, inflight_key = prefix + "control", f"{prefix}control:inflight:{fe_id}"
+    control = prefix + "control"
     try:
         events = EventLog(redis_server.url, key=prefix + "messages")
         client.rpush(control, *[ujson.dumps({"type": "join", "room": r, "spec": irc_spec(ngircd, c, nick=nick)})
@@ -89,7 +89,7 @@ def kill9(redis_server, ngircd, tmp_path_factory) -> dict:
         proc.proc.wait(10)
         t_kill = time.monotonic()
         seen_at_kill = seen()
-        inflight_items = set(client.lrange(inflight_key, 0, -1))
+        inflight_items = set(held_items(client, fe_id, prefix))
         control_items = set(client.lrange(control, 0, -1))
         pending_at_kill = {t for t, raw in raw_of.items() if raw in inflight_items or raw in control_items}
 
@@ -102,7 +102,7 @@ def kill9(redis_server, ngircd, tmp_path_factory) -> dict:
         try:
             wait_until(lambda: arrived() >= pending_at_kill, 60, step=0.2, what="the pending commands")
             t_pending = time.monotonic()
-            wait_until(lambda: client.llen(inflight_key) == 0 and client.llen(control) == 0, 20,
+            wait_until(lambda: held(client, fe_id, prefix) == 0 and client.llen(control) == 0, 20,
                        what="in-flight list and control empty")
             time.sleep(1.0)  # late duplicates, if any, are counted too
         finally:
@@ -177,7 +177,7 @@ def test_lines_written_but_not_delivered_at_a_kill_are_not_lost(redis_url, redis
         redis_client.rpush("control", *[ujson.dumps({"type": "say", "room": "w", "text": t}) for t in texts])
         wait_until(lambda: redis_client.llen("control") == 0, 10, what="commands popped")
         time.sleep(1.0)  # the writer has written them into the (held) link by now
-        inflight_at_kill = redis_client.llen(f"control:inflight:{fe_id}")
+        inflight_at_kill = held(redis_client, fe_id)
         proc.proc.kill()
         proc.proc.wait(10)
         proxy.reset()

@@ -103,10 +103,8 @@ def test_readyz_waits_for_the_share_of_joined_rooms(redis_url, redis_client, ngi
 def test_readyz_before_the_registry_is_loaded(redis_url):
     from frontend.config import load_settings
     from frontend.app import Frontend
-    from frontend.metrics import readiness
-
     fe = Frontend(load_settings(env={}, overrides={"redis_url": redis_url, "frontend_id": "x"}))
-    code, body = readiness(fe)
+    code, body = fe.metrics.health.readiness()
     assert code == 503 and body["reason"].startswith("starting")
 
 

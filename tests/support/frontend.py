@@ -16,10 +16,12 @@ import ujson
 from frontend.app import Frontend
 from frontend.config import load_settings
 
-#: settings that make tests fast: no connect pacing, short backoffs, no flood control by default
+#: settings that make tests fast: no connect pacing, short backoffs, no flood control by default,
+#: no inbound limit per room (the tests that flood a room on purpose set one)
 FAST = {
     "connect_rate": 0, "reconnect_min": 0.2, "reconnect_max": 2.0, "rejoin_delay": 0.5,
     "shutdown_timeout": 4.0, "flood_rate": 0, "control_block_timeout": 0.5, "metrics_addr": "",
+    "room_event_rate": 0,
 }
 
 
@@ -117,3 +119,19 @@ def irc_spec(server: Any, channel: str, nick: str = "bot", **extra: Any) -> dict
 
 def push(client: redis.Redis, *commands: dict | bytes | str, key: str = "control") -> None:
     client.rpush(key, *[c if isinstance(c, (bytes, str)) else ujson.dumps(c) for c in commands])
+
+
+def held_items(client: redis.Redis, frontend_id: str, prefix: str = "") -> list[bytes]:
+    """What a frontend holds in flight (its ledger, its landing list, a legacy in-flight list)."""
+    ledger = client.hgetall(f"{prefix}control:ledger:{frontend_id}")
+    items = [ledger[seq] for seq in sorted(ledger, key=lambda s: int(s) if s.isdigit() else 0)]
+    items += client.lrange(f"{prefix}control:landing:{frontend_id}", 0, -1)
+    items += client.lrange(f"{prefix}control:inflight:{frontend_id}", 0, -1)
+    return items
+
+
+def held(client: redis.Redis, frontend_id: str, prefix: str = "") -> int:
+    """How many commands a frontend holds in flight (see ``held_items``)."""
+    return (client.hlen(f"{prefix}control:ledger:{frontend_id}")
+            + client.llen(f"{prefix}control:landing:{frontend_id}")
+            + client.llen(f"{prefix}control:inflight:{frontend_id}"))

@@ -4,16 +4,14 @@ No input raises anything but ProtocolError out of the decoder, nothing raises ou
 every item is either routed or dead-lettered, and an accepted text can never leave its line.
 """
 
-from collections import Counter
-
 import ujson
 from hypothesis import given, settings, strategies as st
 
 from frontend.chat.irc_format import LINE_LIMIT, message_lines
 from frontend.config import load_settings
+from frontend.counters import Counters
 from frontend.errors import ProtocolError
 from frontend.incoming import IncomingDispatcher
-from frontend.keys import Keys
 from frontend.protocol import Command, parse_command
 from frontend.text import assert_safe_line
 
@@ -58,22 +56,24 @@ def test_any_json_command_is_accepted_safely_or_rejected(obj):
 
 class _Outbox:
     def __init__(self):
-        self.dead, self.acks, self.registry = [], [], []
+        self.dead = []
 
-    def dead_letter(self, item, raw):
+    def dead_letter(self, item):
         self.dead.append(item)
-        self.acks.append(raw)
 
-    def ack(self, raw):
-        self.acks.append(raw)
 
-    def registry(self, room, spec):
-        self.registry.append(room)
+class _Ledger:
+    def __init__(self):
+        self.acks = []
+
+    def ack(self, seq):
+        self.acks.append(seq)
 
 
 class _Room:
     def __init__(self):
         self.submitted, self.events = [], []
+        self.spec_json = None
 
     def submit(self, command):
         self.submitted.append(command)
@@ -82,43 +82,48 @@ class _Room:
         self.events.append((type, fields))
 
 
-class _Frontend:
-    """Just what the dispatcher's routing touches: rooms, outbox, stats, settings."""
+class _Registry:
+    """Just what the dispatcher's routing touches of the registry."""
 
     def __init__(self):
-        self.settings = load_settings(env={}, overrides={"frontend_id": "prop"})
-        self.keys = Keys("")
-        self.outbox = _Outbox()
-        self.stats = Counter()
         self.rooms = {"r1": _Room()}
-        self.added = []
+        self.added, self.recorded = [], []
 
-    def add_room(self, room_id, spec, spec_json):
+    def get(self, room_id):
+        return self.rooms.get(room_id)
+
+    def add(self, room_id, spec, spec_json):
         self.added.append(room_id)
 
-    def forget_room(self, room_id):
+    def record(self, room_id, spec_json):
+        self.recorded.append(room_id)
+
+    def forget(self, room_id):
         self.rooms.pop(room_id, None)
 
 
-def _dispatcher(frontend):
-    dispatcher = IncomingDispatcher.__new__(IncomingDispatcher)  # routing only: no Redis connection
-    dispatcher.frontend = frontend
-    return dispatcher
+def _dispatcher():
+    """The routing of a real IncomingDispatcher over stand-ins of the parts it receives (no Redis)."""
+    registry, ledger, outbox, counters = _Registry(), _Ledger(), _Outbox(), Counters()
+    dispatcher = IncomingDispatcher(link=None, source="control", ledger=ledger, registry=registry,
+                                    outbox=outbox, counters=counters,
+                                    settings=load_settings(env={}, overrides={"frontend_id": "prop"}),
+                                    frontend_id="prop")
+    return dispatcher, registry, outbox, counters
 
 
 @given(st.lists(st.one_of(st.binary(max_size=80), COMMANDS.map(lambda o: ujson.dumps(o).encode())),
                 max_size=20))
 @settings(max_examples=400, deadline=None)
 def test_the_dispatcher_never_raises_and_accounts_for_every_item(items):
-    frontend = _Frontend()
-    room = frontend.rooms["r1"]
-    dispatcher = _dispatcher(frontend)
-    for raw in items:
-        dispatcher.handle(raw)
-    routed = len(room.submitted) + len(frontend.added)
-    assert routed + len(frontend.outbox.dead) == len(items)
-    assert frontend.stats["commands_received"] == len(items)
-    assert frontend.stats["commands_dead"] == len(frontend.outbox.dead)
-    for item in frontend.outbox.dead:
+    dispatcher, registry, outbox, counters = _dispatcher()
+    room = registry.rooms["r1"]
+    for seq, raw in enumerate(items, 1):
+        dispatcher.handle(raw, seq)
+    routed = len(room.submitted) + len(registry.added)
+    assert routed + len(outbox.dead) == len(items)
+    assert counters["commands_received"] == len(items)
+    assert counters["commands_dead"] == len(outbox.dead)
+    for item in outbox.dead:
         dead = ujson.loads(item)
         assert dead["error"]["code"] in ("bad_command", "unknown_room") and dead["error"]["detail"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.frontend import push
+from tests.support.frontend import held, push
 from tests.xmpp.conftest import uniq, xmpp_spec
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +80,7 @@ def test_multiline_say_topic_and_acks(fe, redis_client, events, bot, muc, xmpp_u
     assert topic["text"] == "release day" and topic["by"] == "poster"
     push(redis_client, {"type": "ping", "room": room, "cmd_id": "after"})
     events.wait(type="pong", room=room, cmd_id="after")
-    assert redis_client.llen(f"control:inflight:{fe.settings.frontend_id}") == 0
+    assert held(redis_client, fe.settings.frontend_id) == 0
 
 
 def test_private_messages_both_ways(fe, redis_client, events, bot, muc, xmpp_user):

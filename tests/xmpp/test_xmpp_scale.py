@@ -51,7 +51,7 @@ def test_irc_rooms_keep_answering_while_xmpp_rooms_connect(fe, redis_client, eve
     assert slowest_pong < 5.0, f"IRC rooms stalled: slowest pong after {slowest_pong:.2f}s"
     assert len([s for s in fe.sessions.sessions() if s.protocol == "xmpp"]) == 5 + N // 2
     # rooms that attached at the same moment still found one session per shared JID
-    in_use = {id(room._session) for room in fe.rooms.values() if room.spec.protocol == "xmpp"}
+    in_use = {id(room.session) for room in fe.rooms.values() if room.spec.protocol == "xmpp"}
     assert len(in_use) == 5 + N // 2
 
     # traffic still flows both ways in the last XMPP room

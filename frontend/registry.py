@@ -1,0 +1,167 @@
+"""The room registry: the rooms this frontend runs (room id -> ``Room``) and the ``rooms`` hash.
+
+``rooms`` in Redis is the desired state (room id -> spec): a ``join`` writes it, a ``part`` removes it,
+a starting frontend joins every room in it. Secret fields are sealed before they are written and
+opened when read (``seal``/``open_spec``: identity unless secrets keys are configured). The rooms'
+greenlets live in one ``gevent.pool.Group``; a room whose greenlet dies is restarted with the same
+queue, so no command it held is lost, after a short delay (logged, counted in ``room_crashes``).
+``census()`` counts the rooms by state and protocol and their queue depths, for the heartbeat and the
+metrics, yielding to the hub on the way through 100,000 rooms.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import gevent
+import gevent.pool
+import redis
+
+from .counters import Counters
+from .errors import GreenroomError, ProtocolError
+from .keys import Keys
+from .protocol import Spec, decode, parse_spec
+from .room import Room, RoomContext
+
+log = logging.getLogger(__name__)
+
+DEPTH_BUCKETS = (0, 1, 5, 10, 50, 100, 500, 1000)
+Transform = Callable[[dict], dict]
+
+
+@dataclass
+class Census:
+    """Rooms by (state, protocol), and their queue depths as a histogram."""
+
+    by_state_protocol: Counter = field(default_factory=Counter)
+    depth_counts: list[int] = field(default_factory=lambda: [0] * (len(DEPTH_BUCKETS) + 1))
+    depth_sum: int = 0
+    deepest: int = 0
+
+    def by(self, index: int) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for key, n in self.by_state_protocol.items():
+            out[key[index]] += n
+        return dict(out)
+
+
+class RoomRegistry:
+    """The rooms of this frontend and the ``rooms`` hash."""
+
+    def __init__(self, ctx: RoomContext, *, counters: Counters, restart_delay: Callable[[], float],
+                 seal: Transform = lambda spec: spec, open_spec: Transform = lambda spec: spec) -> None:
+        self._ctx = ctx
+        self._counters = counters
+        self._restart_delay = restart_delay
+        self._seal, self._open = seal, open_spec
+        self.rooms: dict[str, Room] = {}
+        self.group = gevent.pool.Group()
+        #: True once every room of the ``rooms`` hash was started (for /readyz and READY=1)
+        self.loaded = False
+        self._stopping = False
+
+    # ------------------------------------------------------------------------------- the map
+    def __len__(self) -> int:
+        return len(self.rooms)
+
+    def __contains__(self, room_id: object) -> bool:
+        return room_id in self.rooms
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.rooms))
+
+    def __getitem__(self, room_id: str) -> Room:
+        return self.rooms[room_id]
+
+    def get(self, room_id: str) -> Room | None:
+        return self.rooms.get(room_id)
+
+    def values(self) -> list[Room]:
+        return list(self.rooms.values())
+
+    # ------------------------------------------------------------------------ rooms come and go
+    def add(self, room_id: str, spec: Spec, spec_json: dict, *, record: bool = True) -> Room:
+        """Start a room; with ``record`` its spec is written to ``rooms`` (before the join's ack)."""
+        room = Room(room_id, spec, spec_json, self._ctx)
+        self.rooms[room_id] = room
+        self._start(room)
+        if record:
+            self.record(room_id, spec_json)
+        return room
+
+    def record(self, room_id: str, spec_json: dict | None) -> None:
+        """Write (or with None remove) a room's entry in ``rooms``, its secrets sealed."""
+        self._ctx.outbox.registry(room_id, None if spec_json is None else self._seal(spec_json))
+
+    def forget(self, room_id: str) -> None:
+        """The room was parted: out of the map and out of ``rooms``."""
+        self.rooms.pop(room_id, None)
+        self.record(room_id, None)
+
+    def _start(self, room: Room) -> None:
+        greenlet = self.group.spawn(room.run)
+        greenlet.name = f"room {room.id}"
+        greenlet.link_exception(lambda g, r=room: self._crashed(r, g))
+        room.greenlet = greenlet
+
+    def _crashed(self, room: Room, greenlet: gevent.Greenlet) -> None:
+        if isinstance(greenlet.exception, gevent.GreenletExit):
+            return
+        self._counters["room_crashes"] += 1
+        log.error("room %s: greenlet died: %r", room.id, greenlet.exception,
+                  exc_info=greenlet.exc_info if greenlet.exc_info and greenlet.exc_info[0] else None)
+        if self._stopping or self.rooms.get(room.id) is not room:
+            return
+        room.set_state("failed", error=f"internal error: {greenlet.exception!r}"[:300])
+
+        def restart() -> None:
+            if not self._stopping and self.rooms.get(room.id) is room:
+                log.warning("room %s: restarting after a crash", room.id)
+                self._start(room)
+
+        gevent.spawn_later(self._restart_delay(), restart)
+
+    # ---------------------------------------------------------------------------- the registry
+    def load(self, client: redis.Redis, keys: Keys) -> dict[str, tuple[Spec, dict]]:
+        """Every valid room of the ``rooms`` hash, its secrets opened; invalid ones are logged."""
+        specs: dict[str, tuple[Spec, dict]] = {}
+        for key, value in client.hgetall(keys.rooms).items():
+            room_id = key.decode("utf-8", "replace")
+            try:
+                spec_json = self._open(decode(value))
+                specs[room_id] = (parse_spec(spec_json), spec_json)
+            except ProtocolError as exc:
+                log.error("room %s: the registry holds an invalid spec (%s); not joining it",
+                          room_id, exc.detail)
+            except GreenroomError as exc:  # a sealed secret no configured key opens
+                log.error("room %s: the registry's spec cannot be opened (%s); not joining it", room_id, exc)
+        return specs
+
+    # -------------------------------------------------------------------------------- views
+    def census(self, *, yield_every: int = 5000) -> Census:
+        out = Census()
+        for i, room in enumerate(list(self.rooms.values()), 1):
+            out.by_state_protocol[(room.state, room.spec.protocol)] += 1
+            depth = room.queue_depth()
+            out.depth_counts[bisect.bisect_left(DEPTH_BUCKETS, depth)] += 1
+            out.depth_sum += depth
+            if depth > out.deepest:
+                out.deepest = depth
+            if yield_every and not i % yield_every:
+                gevent.sleep(0)  # 100,000 rooms take a while: never hold the hub for all of them
+        return out
+
+    # ------------------------------------------------------------------------------ shutdown
+    def shutdown(self, timeout: float) -> None:
+        """Rooms handle what is queued, then end without parting (they stay in ``rooms``)."""
+        self._stopping = True
+        rooms = list(self.rooms.values())
+        for room in rooms:
+            room.shutdown()
+        self.group.join(timeout=timeout)
+        self.group.kill(block=False)
+
