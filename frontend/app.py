@@ -2,17 +2,21 @@
 
 Parts (each gets what it uses, see its module): the in-flight ledger (``inflight``), the outgoing
 dispatcher (``outgoing``), the chat session pool (``sessions``), the room registry (``registry``, with
-a ``RoomContext`` for its rooms), the incoming dispatcher (``incoming``), the heartbeat, recovery, the
-Redis health ping and the systemd watchdog. Every long-lived loop is a ``Service`` under one
-``Supervisor`` that restarts a loop that died.
+a ``RoomContext`` for its rooms), the router (``router``: ``control`` to the room holders), the
+incoming dispatcher (``incoming``: this frontend's commands to its rooms), the lease keeper
+(``lease``), the heartbeat, recovery, the Redis health ping and the systemd watchdog. Every
+long-lived loop is a ``Service`` under one ``Supervisor`` that restarts a loop that died.
 
-Start: raise the open-file limit -> wait for Redis -> re-queue our ledger's leftovers, beat, take over
-dead frontends' ledgers, load the registry -> start the outgoing dispatcher, heartbeat and recovery ->
-start every room of the registry -> start the incoming dispatcher -> READY=1.
+Start: raise the open-file limit -> wait for Redis -> our lease -> beat, move legacy leftovers back,
+load the registry, place every room nobody alive holds and route what an earlier run of this
+frontend id held (``adopt.lua``) -> start the outgoing dispatcher, heartbeat, recovery and lease
+keeper -> start the rooms this frontend holds -> start the incoming dispatcher and the router ->
+READY=1.
 
-Stop (SIGTERM/SIGINT; a second signal exits at once), each phase logged: stop reading ``control`` ->
-rooms handle what they accepted -> sessions send it and QUIT -> flush events to Redis -> remove the
-heartbeat -> close Redis. Rooms stay in ``rooms``, so a restart rejoins them.
+Stop (SIGTERM/SIGINT; a second signal exits at once), each phase logged: stop routing and taking
+commands -> rooms handle what they accepted -> sessions send it and QUIT -> flush events and acks to
+Redis -> hand the rooms to live peers (or leave them unheld for the next frontend) with what is still
+in flight (``release.lua``) -> remove the heartbeat -> close Redis. Rooms stay in ``rooms``.
 """
 
 from __future__ import annotations
@@ -37,22 +41,29 @@ from .counters import Counters
 from .heartbeat import Heartbeat
 from .incoming import IncomingDispatcher
 from .inflight import InflightLedger
+from . import scripts
 from .keys import Keys
+from .lease import LeaseKeeper, SpeakGate
 from .logs import Throttle, flush_throttles
 from .metrics import FrontendCollector, Health, MetricsServer, MetricsView, RedisPing, build_registry
 from .outgoing import OutgoingDispatcher
 from .pacing import Backoff
+from .placement import share_key
 from .protocol import Spec
 from .recovery import Recovery
 from .redis_conn import REDIS_ERRORS, DirectLink, shared_client
 from .registry import RoomRegistry
 from .reload import apply_logging, reload_settings, report
 from .room import RoomContext
+from .router import Router
 from .service import Supervisor
 from .sessions import SessionPool
 from .systemd import Watchdog, notify
 
 log = logging.getLogger(__name__)
+
+#: rooms placed per call of adopt.lua at start
+ADOPT_CHUNK = 2000
 
 
 def raise_nofile_limit(rooms_hint: int = 0) -> int:
@@ -99,21 +110,31 @@ class Frontend:
             RoomContext(outbox=self.outbox, ledger=self.ledger, sessions=self.sessions, counters=counters,
                         keys=keys, frontend_id=fid, settings=lambda: self.settings,
                         throttle=Throttle(logging.getLogger("frontend.room"), counter=counters)),
-            counters=counters, restart_delay=lambda: self.settings.reconnect_min * 5)
-        # the socket timeout outlasts the block: redis-py raises TimeoutError otherwise
+            self.redis, keys, counters=counters, restart_delay=lambda: self.settings.reconnect_min * 5)
+        # the blocking pops' socket timeouts outlast the block: redis-py raises TimeoutError otherwise
         self.incoming = IncomingDispatcher(
             link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0),
-            source=keys.control, ledger=self.ledger, registry=self.registry, outbox=self.outbox,
+            ledger=self.ledger, registry=self.registry, outbox=self.outbox,
             counters=counters, settings=settings, frontend_id=fid)
+        self.router = Router(
+            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0), keys=keys,
+            ledger=self.ledger, frontend_id=fid, settings=settings, counters=counters,
+            deliver=self.incoming.deliver, adopt=self.incoming.adopt)
+        self.gate = SpeakGate()
+        self.lease = LeaseKeeper(self.redis, keys, fid, settings=lambda: self.settings, gate=self.gate,
+                                 counters=counters, on_lost=self._lost, on_drain=self._drain)
         self.heartbeat = Heartbeat(self.redis, keys.heartbeat(fid), settings.heartbeat_interval,
                                    self.snapshot, after_beat=flush_throttles)
         self.recovery = Recovery(self.redis, keys, self.ledger, control=keys.control,
                                  interval=settings.recovery_interval, counters=counters)
         self.redis_ping = RedisPing(self.redis.ping)
         self.watchdog = Watchdog()
-        for service in (self.redis_ping, self.outbox, self.heartbeat, self.recovery, self.incoming,
-                        self.watchdog):
+        for service in (self.redis_ping, self.outbox, self.heartbeat, self.recovery, self.lease,
+                        self.incoming, self.router, self.watchdog):
             self.supervisor.add(service)
+        self._adopt = scripts.load("adopt").register(self.redis)
+        self._release = scripts.load("release").register(self.redis)
+        self._draining: gevent.Greenlet | None = None
         self.metrics = MetricsServer(
             build_registry(FrontendCollector(counters, self.metrics_view)),
             Health(settings=lambda: self.settings, redis_age=self.redis_age, down=self.supervisor.down,
@@ -154,6 +175,8 @@ class Frontend:
             "rooms_by_protocol": census.by(1),
             "sessions": len(self.sessions),
             "inflight": len(self.ledger),
+            "held": self.lease.held,
+            "draining": "1" if self.lease.draining else "0",
             "inflight_oldest_s": round(self.ledger.oldest_age(), 1),
             "outbox": self.outbox.pending,
             "deepest_room_queue": census.deepest,
@@ -180,13 +203,13 @@ class Frontend:
         self.supervisor.start([self.redis_ping])
         specs = self._wait_for_redis(self._prepare)
         raise_nofile_limit(len(specs))
-        self.supervisor.start([self.outbox, self.heartbeat, self.recovery])
+        self.supervisor.start([self.outbox, self.heartbeat, self.recovery, self.lease])
         for room_id, (spec, spec_json) in specs.items():
             self.registry.add(room_id, spec, spec_json, record=False)
         if specs:
-            log.info("restored %d rooms from the registry", len(specs))
+            log.info("restored %d rooms from the registry (the ones this frontend holds)", len(specs))
         self.registry.loaded = True
-        self.supervisor.start([self.incoming])
+        self.supervisor.start([self.incoming, self.router])
         log.info("frontend %s running", self.settings.frontend_id)
         notify("READY=1")
         self.supervisor.start([self.watchdog])
@@ -202,11 +225,71 @@ class Frontend:
                 gevent.sleep(delay)
 
     def _prepare(self) -> dict[str, tuple[Spec, dict]]:
-        moved = self.ledger.requeue_own(self.keys.control)
-        self.counters["commands_requeued"] += moved
-        self.heartbeat.beat()  # alive before anything is popped, so nobody takes over our ledger
+        """Everything at start that needs Redis; returns the rooms this frontend holds."""
+        self.ledger.start()
+        self.lease.renew()  # alive before anything is routed or taken, so nobody takes us over
+        self.heartbeat.beat()
         self.recovery.scan_once()
-        return self.registry.load(self.redis, self.keys)
+        specs = self.registry.load(self.redis, self.keys)
+        mine = self.adopt(specs)
+        return {room: specs[room] for room in sorted(mine) if room in specs}
+
+    def adopt(self, specs: dict[str, tuple[Spec, dict]]) -> set[str]:
+        """Place the registry's rooms nobody alive holds, route what an earlier run of this frontend id
+        held; returns the rooms this frontend holds. In chunks, so Redis never waits long for us."""
+        pairs = [(room, share_key(spec_json)) for room, (_, spec_json) in sorted(specs.items())]
+        mine: set[str] = set()
+        for start in range(0, max(len(pairs), 1), ADOPT_CHUNK):
+            chunk = [x for pair in pairs[start:start + ADOPT_CHUNK] for x in pair]
+            earlier, *held = self._adopt(keys=[self.keys.leases],
+                                         args=[self.keys.prefix, self.settings.frontend_id,
+                                               self.settings.max_item_bytes, *chunk])
+            if earlier:
+                log.warning("re-queued %d in-flight commands left by an earlier run", earlier)
+                self.counters["commands_requeued"] += int(earlier)
+            mine.update(r.decode("utf-8", "replace") for r in held)
+        return mine
+
+    # ------------------------------------------------------------------------ several frontends
+    def _lost(self, taker: str) -> None:
+        """Our lease lapsed and frontend ``taker`` took our rooms: leave them without a word."""
+        rooms = list(self.registry)
+        for room_id in rooms:
+            self.registry.drop(room_id)
+        self.ledger.forget_all()
+        log.warning("left %d rooms that frontend %s holds now", len(rooms), taker)
+
+    def _drain(self) -> None:
+        """``greenroom drain``: hand every room to live peers, then stay up, taking no new rooms."""
+        if self._draining is not None and not self._draining.dead:
+            return
+        self._draining = gevent.spawn(self._hand_over_while_running)
+
+    def _hand_over_while_running(self) -> None:
+        log.info("draining: handing %d rooms to other frontends", len(self.registry))
+        self.supervisor.stop([self.router, self.incoming])
+        self.registry.leave_all("moving to another frontend", timeout=self.settings.shutdown_timeout)
+        self.outbox.wake.set()
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        while self.outbox.pending and time.monotonic() < deadline:
+            gevent.sleep(0.05)  # the acks of what the rooms sent, before the rest is handed over
+        self.hand_over(end_lease=False)
+        for service in (self.incoming, self.router):
+            service.reset()
+        self.supervisor.start([self.incoming, self.router])
+
+    def hand_over(self, *, end_lease: bool) -> None:
+        """Every room this frontend holds goes to a live peer, with what it still holds in flight."""
+        try:
+            given, unheld, items = self._release(
+                keys=[self.keys.leases], args=[self.keys.prefix, self.settings.frontend_id,
+                                               self.settings.max_item_bytes, "1" if end_lease else "0"])
+        except REDIS_ERRORS as exc:
+            log.warning("rooms not handed over (%s): the others take them when our lease expires", exc)
+            return
+        self.ledger.forget_all()
+        log.info("handed %d rooms to other frontends (%d left for the next frontend to start), "
+                 "%d commands in flight with them", given, unheld, items)
 
     def stop(self, timeout: float | None = None) -> None:
         """Graceful stop within ``timeout`` seconds (default ``shutdown_timeout``). Idempotent."""
@@ -221,13 +304,17 @@ class Frontend:
         if self._starter is not None and not self._starter.dead:
             self._starter.kill()  # still waiting for Redis at start-up
         log.info("stopping: no more commands from %s", self.keys.control)
-        self.supervisor.stop([self.incoming, self.recovery])
+        self.supervisor.stop([self.router, self.incoming, self.recovery])
         log.info("stopping: %d rooms finish what they accepted", len(self.registry))
         self.registry.shutdown(timeout=min(1.0, left()))
         log.info("stopping: %d chat sessions send their queues and quit", len(self.sessions))
         self.sessions.close_all("shutting down", timeout=max(0.1, left() - 1.0))
         log.info("stopping: flushing %d items to Redis", self.outbox.pending)
         self.supervisor.stop([self.outbox], timeout=left())
+        log.info("stopping: handing the rooms over")
+        self.supervisor.stop([self.lease])
+        if self.registry.loaded:
+            self.hand_over(end_lease=True)
         self.supervisor.stop()  # the rest, in reverse order
         self.heartbeat.remove()
         self.metrics.stop()
@@ -244,7 +331,7 @@ class Frontend:
             return False
         apply_logging(old, new)
         self.settings = new
-        for part in (self.outbox, self.incoming, self.sessions, self.metrics):
+        for part in (self.outbox, self.incoming, self.router, self.sessions, self.metrics):
             part.apply_settings(new)
         report(old, new, len(self.registry))
         return True

@@ -35,6 +35,13 @@ class Settings:
     heartbeat_interval: float = 5.0
     #: seconds between scans for stranded in-flight commands and dead frontends' in-flight lists
     recovery_interval: float = 30.0
+    #: several frontends: a frontend's lease lasts this long (renewed every third of it); a frontend
+    #: whose lease expired is dead and its rooms are taken over by the live ones
+    lease_time: float = 6.0
+    #: a frontend stops speaking in its rooms this long before its lease could expire unrenewed
+    lease_margin: float = 1.5
+    #: this frontend's capacity relative to the others: new rooms go where rooms/weight is lowest
+    weight: float = 1.0
     #: when an IRC line counts as delivered where the server lacks echo-message: "pong" (a PING
     #: written after it was answered: nothing lost if the process or link dies; one PING per batch)
     #: or "write" (once written to the socket: cheaper, loses what sat in socket buffers)
@@ -179,6 +186,10 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
         raise ConfigError("log_format must be 'text' or 'json'")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.log_level!r}")
+    if settings.lease_time < 1.0 or not 0.0 < settings.lease_margin < settings.lease_time / 2:
+        raise ConfigError("lease_time must be at least 1 and lease_margin between 0 and half of it")
+    if settings.weight <= 0:
+        raise ConfigError("weight must be above 0")
     if not 1 <= settings.control_drain <= 5000:
         raise ConfigError("control_drain must be between 1 and 5000")
     for name in ("inflight_max", "inflight_max_bytes", "max_item_bytes", "control_drain_bytes",

@@ -1,10 +1,17 @@
-"""The incoming dispatcher: pop commands from ``control``, validate them, route each to its room's queue.
+"""The incoming dispatcher: take the commands routed to this frontend, validate them, hand each to its
+room's queue.
 
-Each step waits until the in-flight ledger has room, then sends a blocking BLMOVE into this frontend's
-landing list and the intake script (which moves it, and what else is waiting, into the ledger) in one
-write: a burst costs one round trip per few hundred commands, a lone command one. The ledger holds a
-command until its room wrote it to the chat server or it was rejected, so a crash anywhere between the
-pop and the chat server loses nothing. A reply lost on the way back is found in the ledger at once.
+Commands reach the ledger two ways: this frontend's router takes what it routed to itself
+(``router.py``), and this loop takes what other frontends' routers put in its inbox: each step waits
+until the ledger has room, then sends a blocking BLMOVE of the inbox's head into the landing list and
+the intake script (which moves it, and what else waits, into the ledger) in one write. Both hand
+their replies to ``deliver``, which takes them from the ledger in sequence order, one caller at a
+time, so a room's commands keep their order. The ledger holds a command until its room wrote it to
+the chat server or it was rejected, so a crash anywhere between the pop and the chat server loses
+nothing; a reply lost on the way back is found in the ledger.
+
+Internal markers come the same way: ``take`` (this frontend now holds a room: start it from the
+registry) and ``release`` (the room moves to another frontend: it leaves, in order with its commands).
 
 Nothing an item holds can stop this loop: an item larger than ``max_item_bytes`` is refused before it
 is decoded, a malformed one is dead-lettered with its reason (one log line per interval, with a count),
@@ -16,11 +23,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import protocol
+import gevent
+import gevent.lock
+
+from . import placement, protocol
 from .config import Settings
 from .counters import Counters
 from .errors import ProtocolError
-from .inflight import InflightLedger
+from .inflight import GAP_TIMEOUT, InflightLedger
 from .logs import Throttle
 from .outgoing import OutgoingDispatcher
 from .pacing import Backoff
@@ -33,16 +43,15 @@ log = logging.getLogger(__name__)
 
 
 class IncomingDispatcher(Service):
-    """Moves commands from ``control`` to the rooms."""
+    """Moves the commands routed to this frontend to its rooms."""
 
     name = "incoming"
 
-    def __init__(self, *, link: DirectLink, source: str, ledger: InflightLedger, registry: RoomRegistry,
+    def __init__(self, *, link: DirectLink, ledger: InflightLedger, registry: RoomRegistry,
                  outbox: OutgoingDispatcher, counters: Counters, settings: Settings,
                  frontend_id: str) -> None:
         super().__init__()
         self._link = link
-        self._source = source
         self._ledger = ledger
         self._registry = registry
         self._outbox = outbox
@@ -52,6 +61,8 @@ class IncomingDispatcher(Service):
         self._backoff = Backoff(REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP)
         self._throttle = Throttle(log, counter=counters)
         self._adopt_needed = True  # at every (re)start: what a lost reply left in our ledger
+        self._turn = gevent.lock.Semaphore()  # one caller of deliver() at a time: sequence order
+        self._gap_timer: gevent.Greenlet | None = None
 
     def apply_settings(self, new: Settings) -> None:
         self._settings = new
@@ -66,18 +77,16 @@ class IncomingDispatcher(Service):
     def step(self) -> None:
         if self._adopt_needed:
             try:
-                taken = self._ledger.adopt_unknown(self._source)
+                self.adopt()
             except REDIS_ANY as exc:
                 self._redis_failed(exc)
                 return
             self._adopt_needed = False
-            self._handle_all(taken)
         if not self._ledger.wait_for_room(self.stopping):
             return
         settings = self._settings
         most, budget = self._ledger.room()
-        commands = self._ledger.intake_commands(self._source, settings.control_block_timeout,
-                                                min(most, settings.control_drain),
+        commands = self._ledger.intake_commands(settings.control_block_timeout, min(most, settings.control_drain),
                                                 min(budget, settings.control_drain_bytes))
         try:
             _, taken = self._link.round_trip(commands)
@@ -86,19 +95,75 @@ class IncomingDispatcher(Service):
             self._redis_failed(exc)
             return
         self._backoff.reset()
-        self._handle_all(self._ledger.track(taken))
+        if self._ledger.is_full(taken):
+            self._ledger.wait_for_ack(self.stopping)
+        elif taken:
+            self.deliver(taken)
 
     def _redis_failed(self, exc: Exception) -> None:
         if self.stopping.is_set():
             return
         self._counters["redis_reconnects:incoming"] += 1
         delay = self._backoff.next()
-        self._throttle.warning("redis", "reading %s failed (%s); retrying in %.2fs", self._source, exc, delay)
+        self._throttle.warning("redis", "reading %s failed (%s); retrying in %.2fs", self._ledger.inbox, exc,
+                               delay)
         self.stopping.wait(delay)
 
+    def deliver(self, reply: list[Any]) -> None:
+        """A reply of the router's or the intake's script: its items, and any that waited for them,
+        to the rooms in sequence order."""
+        with self._turn:
+            self._handle_all(self._ledger.accept(reply))
+            self._watch_gap()
+
+    def adopt(self) -> None:
+        """After a Redis error: what a lost reply left in our ledger."""
+        with self._turn:
+            self._handle_all(self._ledger.adopt_unknown())
+            self._watch_gap()
+
+    def _watch_gap(self) -> None:
+        """Items wait for an earlier seq: look it up if no reply brings it soon."""
+        if self._ledger.gap_age() == 0.0 or (self._gap_timer is not None and not self._gap_timer.dead):
+            return
+
+        def fill() -> None:
+            with self._turn:
+                if self._ledger.gap_age() >= GAP_TIMEOUT * 0.9:
+                    try:
+                        self._handle_all(self._ledger.fill_gaps())
+                    except REDIS_ANY as exc:
+                        self._throttle.warning("gap", "could not look up the commands a lost reply carried: %s", exc)
+            self._gap_timer = None
+            self._watch_gap()
+
+        self._gap_timer = gevent.spawn_later(GAP_TIMEOUT, fill)
+
     def _handle_all(self, taken: list[tuple[int, bytes]]) -> None:
-        for seq, raw in taken:
-            self.handle(raw, seq)
+        for seq, stored in taken:
+            kind, payload = placement.decode_stored(stored)
+            if kind == placement.PUBLIC:
+                self.handle(payload, seq)
+            else:
+                self._marker(kind, payload.decode("utf-8", "replace"), seq)
+
+    def _marker(self, kind: str, room_id: str, seq: int) -> None:
+        """An internal marker a script put in our inbox."""
+        try:
+            if kind == placement.TAKE:
+                self._registry.take(room_id)
+            elif kind == placement.RELEASE:
+                room = self._registry.get(room_id)
+                if room is not None:
+                    room.submit(Command(type="_release", room=room_id, seq=seq))
+                    return  # acknowledged by the room once it left
+                self._registry.finish_move(room_id)
+            else:
+                log.error("room %s: unknown internal marker %r: ignored", room_id, kind)
+        except REDIS_ANY as exc:  # the marker stays in the ledger: adopted again after a restart
+            log.error("room %s: could not handle %s (%s); it waits in our ledger", room_id, kind, exc)
+            return
+        self._ledger.ack(seq)
 
     # -------------------------------------------------------------------------------- routing
     def handle(self, raw: bytes, seq: int = 0) -> None:

@@ -1,19 +1,22 @@
-"""The in-flight ledger: every command this frontend took from ``control`` and has not yet written.
+"""The in-flight ledger: every command this frontend took and has not yet written to the chat server.
 
 One class owns it (python-rq's ``IntermediateQueue`` is the model): the Redis hash
-``control:ledger:<frontend id>`` (seq -> item) and its mirror here (seq -> size, when taken). A command
-enters it atomically with its pop (``intake.lua``, after the BLMOVE into ``control:landing:<id>``) and
-leaves it when its room wrote it to the chat server or rejected it: ``ack(seq)`` queues an HDEL, the
-outgoing dispatcher writes it with its next batch and calls ``written(seqs)``. One HDEL per command,
-whatever the ledger holds (the list and LREM of earlier versions scanned it from the head).
+``control:ledger:<frontend id>`` (seq -> stored item) and its mirror here. Items enter it atomically in
+a script, numbered from the frontend's counter: its router's script (what it routed to itself) or its
+intake script (what other routers routed to it, from its inbox). Both come back here, and ``accept``
+hands them out strictly in sequence order, whichever loop's reply arrives first, so the commands of a
+room keep their order. An item leaves when its room wrote it or rejected it: ``ack(seq)`` queues an
+HDEL that the outgoing dispatcher writes with its next batch (``take_acks``/``written``): one HDEL per
+command, whatever the ledger holds.
 
-The ledger is bounded (``inflight_max`` items, ``inflight_max_bytes`` bytes): the incoming dispatcher
-takes no more than there is room for, so a backlog waits in Redis, not in this process.
+The ledger is bounded (``inflight_max`` items, ``inflight_max_bytes`` bytes): the loops take no more
+than there is room for, so a backlog waits in Redis, not in this process.
 
-Crashes lose nothing: at start our own ledger (an earlier run's leftovers) goes back to the head of
-``control`` in the order it was taken (``requeue_ledger.lua``); a reply lost on the way back from the
-intake leaves entries in Redis that this process does not know, which ``adopt_unknown`` finds at once;
-and a dead frontend's ledger is taken over by a live one (``take_over``, under a lock).
+Nothing is lost: a reply lost on the way back leaves numbered entries this process never saw; the gap
+they leave in the sequence is filled from Redis (``fill_gaps``), and after a Redis error the loops
+``adopt_unknown`` at once. A dead frontend's ledger is routed to the new holders of its rooms
+(``takeover.lua``); a ledger of a frontend that had no lease (a version before several frontends) goes
+back to the head of ``control`` (``take_over``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from .keys import Keys
 log = logging.getLogger(__name__)
 
 TAKEOVER_LOCK_MS = 30_000
+#: a gap in the sequence older than this is looked up in Redis (a reply lost on the way back)
+GAP_TIMEOUT = 2.0
 
 
 class InflightLedger:
@@ -43,20 +48,24 @@ class InflightLedger:
         self.frontend_id = frontend_id
         self.key = keys.ledger(frontend_id)
         self.landing = keys.landing(frontend_id)
+        self.inbox = keys.inbox(frontend_id)
         self.seq_key = keys.ledger_seq(frontend_id)
         self.max_items, self.max_bytes = max_items, max_bytes
         self._wake_writer = wake_writer
         self._held: dict[int, tuple[int, float]] = {}  # seq -> (bytes, monotonic time taken)
         self._bytes = 0
         self._acks: list[int] = []  # acknowledged, HDEL not written yet (still held)
+        self._pending: dict[int, bytes] = {}  # taken, waiting for an earlier seq to be handed out
+        self._next = 0  # the next seq to hand out; 0: not started
+        self._gap_since = 0.0
         self._space = gevent.event.Event()
         self._space.set()
+        self._written = gevent.event.Event()  # set whenever acknowledgements reached Redis
         self._intake = scripts.load("intake")
-        self._intake_call = self._intake.register(client)
         self._requeue = scripts.load("requeue_ledger").register(client)
         self._requeue_entry = scripts.load("requeue_entry").register(client)
         self._suspects: set[int] = set()
-        #: commands moved back to ``control`` (our leftovers at start, dead frontends' ledgers)
+        #: commands moved back to ``control`` (ledgers of frontends without a lease)
         self.requeued = 0
 
     # ------------------------------------------------------------------------------- the window
@@ -80,65 +89,96 @@ class InflightLedger:
                 return False
         return True
 
+    def wait_for_ack(self, stopping: gevent.event.Event) -> None:
+        """The intake script said the ledger is full (the router filled it meanwhile): wait until an
+        acknowledgement reached Redis, or ``stopping``."""
+        self._written.clear()
+        gevent.wait([self._written, stopping], count=1)
+
+    @staticmethod
+    def is_full(reply: list[Any]) -> bool:
+        return len(reply) == 1 and int(reply[0]) == -1
+
     def oldest_age(self) -> float:
         """Seconds the oldest held command has been held (0 when none)."""
         if not self._held:
             return 0.0
         return time.monotonic() - min(taken for _, taken in self._held.values())
 
-    # ---------------------------------------------------------------------------------- intake
-    def intake_commands(self, source: str, block: float, most: int, budget: int) -> list[tuple[Any, ...]]:
-        """The round trip of one intake: a blocking BLMOVE into the landing list, then the script that
-        moves the landing list and what else is waiting into the ledger (both in one write: Redis runs
-        a blocked client's next command only after the blocking one returned)."""
-        return [
-            ("BLMOVE", source, self.landing, "LEFT", "RIGHT", block),
-            self._intake.command([source, self.landing, self.key, self.seq_key], [max(0, most - 1), budget]),
-        ]
+    # ------------------------------------------------------------------------------ sequencing
+    def start(self) -> None:
+        """Before any loop takes: hand out from the seq after the counter's current value."""
+        self._next = int(self._client.get(self.seq_key) or 0) + 1
+        self._pending.clear()
 
-    def track(self, reply: list[Any]) -> list[tuple[int, bytes]]:
-        """The intake script's reply ``[seq, item, ...]`` as ``(seq, item)`` pairs, now held here."""
+    def accept(self, reply: list[Any]) -> list[tuple[int, bytes]]:
+        """A script's reply ``[seq, stored, ...]``: held from now, and what may be handed out now,
+        in sequence order (possibly items of an earlier reply that waited for these)."""
         now = time.monotonic()
-        out = []
         for i in range(0, len(reply), 2):
-            seq, item = int(reply[i]), reply[i + 1]
+            seq, stored = int(reply[i]), reply[i + 1]
+            if seq < self._next:
+                continue  # handed out already, or forgotten (``forget_all``)
             if seq not in self._held:
-                self._held[seq] = (len(item), now)
-                self._bytes += len(item)
-            out.append((seq, item))
+                self._held[seq] = (len(stored), now)
+                self._bytes += len(stored)
+            self._pending[seq] = stored
+        return self._ready()
+
+    def _ready(self) -> list[tuple[int, bytes]]:
+        out = []
+        pending = self._pending
+        while self._next in pending:
+            out.append((self._next, pending.pop(self._next)))
+            self._next += 1
+        self._gap_since = time.monotonic() if pending else 0.0
         return out
 
-    def adopt_unknown(self, source: str) -> list[tuple[int, bytes]]:
-        """Entries in our Redis ledger that this process does not hold (a reply lost after the
-        intake script ran), and the landing list's leftovers: now held, to be handled."""
-        client = self._client
-        landed = self._intake_call(keys=[source, self.landing, self.key, self.seq_key], args=[0, 0])
-        moved = self.track(landed or [])
-        seqs = [int(s) for s in client.hkeys(self.key) if s.isdigit() and int(s) not in self._held]
-        if not seqs:
-            return moved
-        values = client.hmget(self.key, seqs)
-        found = [(seq, item) for seq, item in zip(seqs, values) if item is not None]
-        if found:
-            log.warning("adopting %d commands of our ledger whose pop reply was lost", len(found))
-        now = time.monotonic()
-        for seq, item in found:
-            self._held[seq] = (len(item), now)
-            self._bytes += len(item)
-        return moved + found
+    def gap_age(self) -> float:
+        """How long items have waited for an earlier seq (0 when nothing waits)."""
+        return time.monotonic() - self._gap_since if self._pending and self._gap_since else 0.0
 
-    def requeue_stranded(self, control: str) -> int:
-        """The safety net behind ``adopt_unknown``, run periodically: an entry of our Redis ledger
-        that this process does not hold on two scans in a row (so not an intake whose reply is on its
-        way) goes back to the head of ``control``."""
-        unknown = {int(s) for s in self._client.hkeys(self.key) if s.isdigit() and int(s) not in self._held}
-        stranded, self._suspects = unknown & self._suspects, unknown - self._suspects
-        moved = sum(int(self._requeue_entry(keys=[self.key, control], args=[seq]))
-                    for seq in sorted(stranded, reverse=True))
-        if moved:
-            log.warning("re-queued %d commands stranded in our ledger", moved)
-            self.requeued += moved
-        return moved
+    def fill_gaps(self) -> list[tuple[int, bytes]]:
+        """Items wait for seqs that no reply brought (a reply lost on the way back): read them from
+        our Redis ledger; a seq that is not there any more (its item moved on) is skipped."""
+        if not self._pending:
+            return []
+        missing = [seq for seq in range(self._next, min(self._pending)) if seq not in self._pending]
+        values = self._client.hmget(self.key, missing) if missing else []
+        found = [(seq, v) for seq, v in zip(missing, values) if v is not None]
+        if missing:
+            log.warning("%d commands of our ledger came without their reply (%d found in Redis)",
+                        len(missing), len(found))
+        ready = self.accept([x for pair in found for x in pair])
+        while self._pending and self._next not in self._pending:
+            self._next = min(self._pending)  # the rest of the gap is gone: skip it
+            ready += self._ready()
+        return ready
+
+    def adopt_unknown(self) -> list[tuple[int, bytes]]:
+        """After a Redis error: the landing list's leftovers go into the ledger, and every entry of
+        our Redis ledger this process has not seen (a reply lost after the script ran) is taken."""
+        landed = self._intake.register(self._client)(keys=[self.inbox, self.landing, self.key, self.seq_key],
+                                                     args=[self.keys.prefix, 0, 0, self.max_items])
+        ready = self.accept([] if not landed or self.is_full(landed) else landed)
+        known = self._held
+        found = [(int(s), None) for s in self._client.hkeys(self.key) if s.isdigit() and int(s) not in known]
+        if found:
+            values = self._client.hmget(self.key, [seq for seq, _ in found])
+            ready += self.accept([x for (seq, _), v in zip(found, values) if v is not None for x in (seq, v)])
+            log.warning("adopting %d commands of our ledger whose reply was lost", len(found))
+        return ready + (self.fill_gaps() if self._pending else [])
+
+    # ---------------------------------------------------------------------------------- intake
+    def intake_commands(self, block: float, most: int, budget: int) -> list[tuple[Any, ...]]:
+        """One intake round trip: a blocking BLMOVE of our inbox's head into the landing list, then the
+        script that moves it, and what else waits in the inbox, into the ledger (one write: Redis runs
+        a blocked client's next command only after the blocking one returned)."""
+        return [
+            ("BLMOVE", self.inbox, self.landing, "LEFT", "RIGHT", block),
+            self._intake.command([self.inbox, self.landing, self.key, self.seq_key],
+                                 [self.keys.prefix, max(0, most - 1), budget, self.max_items]),
+        ]
 
     # ----------------------------------------------------------------------------------- acks
     def ack(self, seq: int) -> None:
@@ -163,6 +203,7 @@ class InflightLedger:
             entry = held.pop(seq, None)
             if entry is not None:
                 self._bytes -= entry[0]
+        self._written.set()
         if len(held) < self.max_items and (self._bytes < self.max_bytes or not held):
             self._space.set()
 
@@ -173,21 +214,36 @@ class InflightLedger:
     def pending_acks(self) -> int:
         return len(self._acks)
 
-    # ----------------------------------------------------------------------- start and take-over
-    def requeue_own(self, control: str) -> int:
-        """At start, before anything is taken: our ledger (and a legacy in-flight list) back to the
-        head of ``control``, in the order they were taken."""
-        moved = int(self._requeue(
-            keys=[self.key, self.landing, control, self.seq_key, self.keys.inflight(self.frontend_id)],
-            args=["0"]))
+    def forget_all(self) -> None:
+        """Another frontend took our rooms and our ledger over (our lease had expired): what we held
+        is theirs now. Start over from the counter."""
+        self._held.clear()
+        self._bytes = 0
+        self._acks.clear()
+        self._pending.clear()
+        self._suspects.clear()
+        self.start()
+        self._space.set()
+
+    # ------------------------------------------------------------------------- the safety net
+    def requeue_stranded(self, control: str) -> int:
+        """Run periodically: an entry of our Redis ledger that this process does not hold, on two scans
+        in a row (so not one whose reply is on its way: that takes milliseconds), goes back to the
+        head of ``control`` (a gap it leaves in the sequence is skipped by ``fill_gaps``)."""
+        unknown = {int(s) for s in self._client.hkeys(self.key)
+                   if s.isdigit() and int(s) not in self._held and int(s) not in self._pending}
+        stranded, self._suspects = unknown & self._suspects, unknown - self._suspects
+        moved = sum(int(self._requeue_entry(keys=[self.key, control], args=[self.keys.prefix, seq]))
+                    for seq in sorted(stranded, reverse=True))
         if moved:
-            log.warning("re-queued %d in-flight commands left by an earlier run", moved)
-        self.requeued += moved
+            log.warning("re-queued %d commands stranded in our ledger", moved)
+            self.requeued += moved
         return moved
 
     def take_over(self, owner: str, control: str) -> int:
-        """Move the ledger (or legacy list) of the dead frontend ``owner`` back to ``control``, under a
-        ``SET NX PX`` lock so only one live frontend does it. Returns how many items moved."""
+        """Move the ledger (or legacy list) of ``owner``, dead and without a lease (a version before
+        several frontends), back to ``control``, under a ``SET NX PX`` lock so only one live frontend
+        does it. Returns how many items moved."""
         client = self._client
         lock = self.keys.takeover_lock(owner)
         if not client.set(lock, self.frontend_id, nx=True, px=TAKEOVER_LOCK_MS):
@@ -196,7 +252,7 @@ class InflightLedger:
             moved = int(self._requeue(
                 keys=[self.keys.ledger(owner), self.keys.landing(owner), control,
                       self.keys.ledger_seq(owner), self.keys.inflight(owner)],
-                args=["1"]))
+                args=[self.keys.prefix, owner]))
         finally:
             client.delete(lock)
         if moved:

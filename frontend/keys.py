@@ -72,6 +72,62 @@ class Keys:
     def takeover_lock(self, frontend_id: str) -> str:
         return f"{self.prefix}control:takeover:{frontend_id}"
 
+    # ------------------------------------------------------------- several frontends (placement.lua)
+    @property
+    def routing(self) -> str:
+        """The shared list routers move the head of ``control`` into, then route from."""
+        return self.prefix + "control:routing"
+
+    def inbox(self, frontend_id: str) -> str:
+        """Commands routed to a frontend (it holds their rooms), not yet taken into its ledger."""
+        return f"{self.prefix}control:inbox:{frontend_id}"
+
+    @property
+    def holder(self) -> str:
+        """Hash room -> the frontend that holds it."""
+        return self.prefix + "rooms:holder"
+
+    def held(self, frontend_id: str) -> str:
+        """Set of the rooms a frontend holds."""
+        return f"{self.prefix}rooms:held:{frontend_id}"
+
+    @property
+    def sharekey(self) -> str:
+        """Hash room -> share key (rooms with one key may share a chat connection)."""
+        return self.prefix + "rooms:sharekey"
+
+    @property
+    def share(self) -> str:
+        """Hash share key -> the frontend its rooms are placed on."""
+        return self.prefix + "rooms:share"
+
+    @property
+    def moving(self) -> str:
+        """Hash room -> target frontend, while ``greenroom rebalance`` moves it."""
+        return self.prefix + "rooms:moving"
+
+    def hold(self, room: str) -> str:
+        """The commands of a moving room, waiting for its new holder."""
+        return f"{self.prefix}rooms:hold:{room}"
+
+    @property
+    def leases(self) -> str:
+        """Sorted set frontend id -> lease expiry (ms, Redis time)."""
+        return self.prefix + "fleet:leases"
+
+    @property
+    def weight(self) -> str:
+        return self.prefix + "fleet:weight"
+
+    @property
+    def draining(self) -> str:
+        """Set of frontends that take no new rooms (``greenroom drain``)."""
+        return self.prefix + "fleet:draining"
+
+    def taken(self, frontend_id: str) -> str:
+        """Set when another frontend took this one's rooms over (its lease had expired)."""
+        return f"{self.prefix}fleet:taken:{frontend_id}"
+
     def events(self, name: str = EVENTS_DEFAULT) -> "EventKeys":
         """The keys of the events list ``name`` (``messages`` or ``messages.<name>``)."""
         return EventKeys(self.prefix, name)

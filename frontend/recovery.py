@@ -3,9 +3,10 @@
 Every ``recovery_interval`` this service asks the in-flight ledger for two things:
 - entries of our own ledger that this process does not hold on two scans in a row (the safety net
   behind the intake's own check after a lost reply) go back to the head of ``control``;
-- the ledger of every frontend whose heartbeat key expired (and the in-flight list of a frontend of a
-  version before the ledger) is moved back to the head of ``control`` in order, under a ``SET NX PX``
-  lock so that only one live frontend takes it over.
+- the ledger of a dead frontend that never had a lease (a version before several frontends; frontends
+  with a lease are taken over by the lease keeper, ``lease.py``), and the in-flight list of a version
+  before the ledger, go back to the head of ``control`` in order, under a ``SET NX PX`` lock so that
+  only one live frontend takes them over.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class Recovery(Service):
         """One pass over our own ledger and the ledgers of dead frontends; returns items re-queued."""
         moved = self._ledger.requeue_stranded(self._control)
         for owner in sorted(self._owners()):
-            if owner == self._ledger.frontend_id or self._client.exists(self._keys.heartbeat(owner)):
+            if (owner == self._ledger.frontend_id or self._client.exists(self._keys.heartbeat(owner))
+                    or self._client.zscore(self._keys.leases, owner) is not None):
                 continue
             moved += self._ledger.take_over(owner, self._control)
         if moved:
@@ -66,7 +68,7 @@ class Recovery(Service):
     def _owners(self) -> set[str]:
         """Every frontend id that has a ledger, a landing list or a legacy in-flight list."""
         owners: set[str] = set()
-        for make in (self._keys.ledger, self._keys.landing, self._keys.inflight):
+        for make in (self._keys.ledger, self._keys.landing, self._keys.inflight, self._keys.inbox):
             prefix = make("")
             for key in self._client.scan_iter(match=glob_escape(prefix) + "*", count=500):
                 owners.add(key.decode("utf-8", "replace")[len(prefix):])

@@ -7,6 +7,10 @@ greenlets live in one ``gevent.pool.Group``; a room whose greenlet dies is resta
 queue, so no command it held is lost, after a short delay (logged, counted in ``room_crashes``).
 ``census()`` counts the rooms by state and protocol and their queue depths, for the heartbeat and the
 metrics, yielding to the hub on the way through 100,000 rooms.
+
+Several frontends: the rooms here are the ones this frontend holds (``rooms:holder``). ``take`` starts
+a room another frontend held (its spec from ``rooms``); a room that moves leaves (``_release``) and
+``finish_move`` hands it to its target; ``drop`` ends rooms whose lease we lost, without a word.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import gevent
 import gevent.pool
 import redis
 
+from . import scripts
 from .counters import Counters
 from .errors import GreenroomError, ProtocolError
 from .keys import Keys
@@ -52,9 +57,14 @@ class Census:
 class RoomRegistry:
     """The rooms of this frontend and the ``rooms`` hash."""
 
-    def __init__(self, ctx: RoomContext, *, counters: Counters, restart_delay: Callable[[], float],
-                 seal: Transform = lambda spec: spec, open_spec: Transform = lambda spec: spec) -> None:
+    def __init__(self, ctx: RoomContext, client: redis.Redis, keys: Keys, *, counters: Counters,
+                 restart_delay: Callable[[], float], seal: Transform = lambda spec: spec,
+                 open_spec: Transform = lambda spec: spec) -> None:
         self._ctx = ctx
+        ctx.left = self._room_left
+        self._client = client
+        self._keys = keys
+        self._move_finish = scripts.load("move_finish").register(client)
         self._counters = counters
         self._restart_delay = restart_delay
         self._seal, self._open = seal, open_spec
@@ -101,6 +111,56 @@ class RoomRegistry:
         """The room was parted: out of the map and out of ``rooms``."""
         self.rooms.pop(room_id, None)
         self.record(room_id, None)
+
+    def drop(self, room_id: str) -> None:
+        """Another frontend holds this room now (our lease had lapsed): end it here without a word.
+        It stays in ``rooms``; what it had queued is not sent (the new holder got it)."""
+        room = self.rooms.pop(room_id, None)
+        if room is None:
+            return
+        if room.greenlet is not None:
+            room.greenlet.kill(block=False)
+        room.leave_silently()
+
+    def take(self, room_id: str) -> Room | None:
+        """This frontend holds the room now (a ``take`` marker): start it from its spec in ``rooms``."""
+        room = self.rooms.get(room_id)
+        if room is not None:
+            return room
+        found = self.fetch(room_id)
+        if found is None:
+            log.info("room %s: taken over, but it is not in the registry any more: nothing to join", room_id)
+            return None
+        log.info("room %s: this frontend holds it now", room_id)
+        return self.add(room_id, *found, record=False)
+
+    def fetch(self, room_id: str) -> tuple[Spec, dict] | None:
+        """A room's spec from ``rooms`` (secrets opened), or None when it is not there or invalid."""
+        value = self._client.hget(self._keys.rooms, room_id)
+        if value is None:
+            return None
+        try:
+            spec_json = self._open(decode(value))
+            return parse_spec(spec_json), spec_json
+        except (ProtocolError, GreenroomError) as exc:
+            log.error("room %s: the registry's spec cannot be used (%s)", room_id, exc)
+            return None
+
+    def finish_move(self, room_id: str) -> str:
+        """After a moving room left: hand it to its target (move_finish.lua); returns the new holder."""
+        holder = self._move_finish(keys=[self._keys.leases],
+                                   args=[self._keys.prefix, self._ctx.frontend_id, room_id])
+        holder = holder.decode() if isinstance(holder, bytes) else holder
+        if holder:
+            log.info("room %s: moved to frontend %s", room_id, holder)
+        return holder
+
+    def _room_left(self, room: Room, why: str) -> None:
+        """A room ended here without a ``part`` (it moved): out of the map, not out of ``rooms``."""
+        if self.rooms.get(room.id) is room:
+            del self.rooms[room.id]
+        if why == "moved":
+            self.finish_move(room.id)
 
     def _start(self, room: Room) -> None:
         greenlet = self.group.spawn(room.run)
@@ -156,6 +216,21 @@ class RoomRegistry:
         return out
 
     # ------------------------------------------------------------------------------ shutdown
+    def leave_all(self, reason: str, timeout: float) -> list[str]:
+        """Every room handles what is queued, then leaves its channel (it stays in ``rooms``, for the
+        frontend that takes it next); returns their ids. For a hand-over without stopping (drain)."""
+        rooms = list(self.rooms.values())
+        for room in rooms:
+            room.shutdown()
+        gevent.joinall([r.greenlet for r in rooms if r.greenlet is not None], timeout=timeout)
+        for room in rooms:
+            if room.greenlet is not None and not room.greenlet.dead:
+                room.greenlet.kill(block=False)
+            if room.session is not None:
+                room.session.detach(room, reason)
+            self.rooms.pop(room.id, None)
+        return [room.id for room in rooms]
+
     def shutdown(self, timeout: float) -> None:
         """Rooms handle what is queued, then end without parting (they stay in ``rooms``)."""
         self._stopping = True

@@ -58,6 +58,8 @@ class RoomContext:
     #: the current Settings (a reload swaps them)
     settings: Callable[[], Settings]
     throttle: Throttle
+    #: the registry's: a room ended without a ``part`` (``"moved"``); set by the registry
+    left: Callable[["Room", str], None] | None = None
 
 
 class Room:
@@ -200,6 +202,27 @@ class Room:
         self.parted = True
         self.session.detach(self, command.reason or "bye")
         self.ack(command)
+
+    def _on__release(self, command: Command) -> None:
+        """The room moves to another frontend (``greenroom rebalance``): its earlier commands were
+        handled; once their lines are out it leaves, and the registry hands it over."""
+        assert self.session is not None
+        deadline = time.monotonic() + self._ctx.settings().shutdown_timeout * 2
+        while self.session.depth(self) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self.parted = True
+        self.session.detach(self, "moving to another frontend")
+        self.ack(command)
+        if self._ctx.left is not None:
+            self._ctx.left(self, "moved")
+
+    def leave_silently(self) -> None:
+        """Another frontend holds this room now: leave the channel, send nothing more."""
+        if self.session is not None:
+            try:
+                self.session.detach(self, "moved", silent=True)  # type: ignore[call-arg]
+            except TypeError:  # an adapter without silent detach
+                self.session.detach(self, "moved")
 
     def _on_ping(self, command: Command) -> None:
         self.emit("pong", cmd_id=command.cmd_id)

@@ -41,10 +41,21 @@ class Script:
 _BY_SHA: dict[str, Script] = {}
 
 
+def _source(name: str) -> str:
+    return resources.files("frontend.lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
 @functools.lru_cache(maxsize=None)
 def load(name: str) -> Script:
-    """The script ``frontend/lua/<name>.lua``."""
-    text = resources.files("frontend.lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    """The script ``frontend/lua/<name>.lua``, with the libraries its ``--!include <name>`` lines
+    name put in front of it (one text: Redis runs a script as one chunk)."""
+    body = _source(name)
+    parts = []
+    for line in body.splitlines():
+        if not line.startswith("--!include "):
+            break
+        parts.append(_source(line.split(None, 1)[1].strip()))
+    text = "\n".join(parts + [body])
     script = Script(name=name, text=text, sha=hashlib.sha1(text.encode("utf-8")).hexdigest())
     _BY_SHA[script.sha] = script
     return script
@@ -55,10 +66,14 @@ def by_sha(sha: str | bytes) -> Script | None:
     return _BY_SHA.get(sha.decode() if isinstance(sha, bytes) else sha)
 
 
+#: files that are included by scripts, never run alone
+LIBRARIES = frozenset({"placement"})
+
+
 def names() -> list[str]:
-    """Every script there is (for tests and for loading them all at once)."""
+    """Every script there is (for tests and for loading them all at once); libraries left out."""
     return sorted(entry.name[:-4] for entry in resources.files("frontend.lua").iterdir()
-                  if entry.name.endswith(".lua"))
+                  if entry.name.endswith(".lua") and entry.name[:-4] not in LIBRARIES)
 
 
 def is_noscript(exc: BaseException) -> bool:

@@ -73,6 +73,11 @@ class Service:
         self.greenlet = gevent.spawn(self._run)
         self.greenlet.name = self.name
 
+    def reset(self) -> None:
+        """After ``stop()``: make the service startable again (a pause, e.g. while rooms move)."""
+        if not self.running:
+            self.stopping.clear()
+
     def _run(self) -> None:
         self.setup()
         while not self.stopping.is_set():

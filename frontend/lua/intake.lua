@@ -1,16 +1,25 @@
--- The incoming dispatcher's take: what its blocking pop moved, and what else is waiting, into its
--- ledger, each under a new sequence number (the ledger is a hash: an acknowledgement is one HDEL,
--- whatever the ledger holds).
--- KEYS[1] the list commands come from (`control`), KEYS[2] this frontend's landing list (the target
--- of its BLMOVE), KEYS[3] its ledger (hash seq -> item), KEYS[4] its sequence counter.
--- ARGV[1] the most items to take from KEYS[1], ARGV[2] the most bytes (one item past it at most).
+--!include placement
+-- The intake loop's take (after its BLMOVE moved the head of this frontend's inbox to its landing
+-- list): the landing list, then what else waits in the inbox, into its ledger under new sequence
+-- numbers (the ledger is a hash: an acknowledgement is one HDEL, whatever the ledger holds).
+-- KEYS[1] my inbox, KEYS[2] my landing, KEYS[3] my ledger (hash seq -> item), KEYS[4] my seq counter.
+-- ARGV[1] prefix, ARGV[2] the most items to take from the inbox, ARGV[3] the most bytes (one item past it at most),
+-- ARGV[4] the most items the ledger may hold (the window: the router fills it too).
 -- Items are popped one at a time, so a backlog of huge items never sits in the script's memory.
--- Returns {seq, item, seq, item, ...}, oldest first.
-local most, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+-- Returns {seq, item, seq, item, ...}, oldest first; {-1} when the ledger is full.
+local most, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
+local room = tonumber(ARGV[4]) - redis.call('HLEN', KEYS[3]) - #items
+if #items > 0 then redis.call('DEL', KEYS[2]) end
+if room < 0 then
+  -- no room for what the pop landed (the router filled the window meanwhile): back to the head of
+  -- the inbox, in order, and the caller waits for an acknowledgement before it pops again
+  for i = #items, 1, -1 do redis.call('LPUSH', KEYS[1], items[i]) end
+  return {-1}
+end
+if room < most then most = room end
 local bytes = 0
 for i = 1, #items do bytes = bytes + #items[i] end
-if #items > 0 then redis.call('DEL', KEYS[2]) end
 local taken = 0
 while taken < most and bytes < budget do
   local item = redis.call('LPOP', KEYS[1])
@@ -19,13 +28,4 @@ while taken < most and bytes < budget do
   bytes = bytes + #item
   taken = taken + 1
 end
-if #items == 0 then return {} end
-local last = redis.call('INCRBY', KEYS[4], #items)
-local first = last - #items
-local out = {}
-for i = 1, #items do
-  out[2 * i - 1] = first + i
-  out[2 * i] = items[i]
-  redis.call('HSET', KEYS[3], first + i, items[i])
-end
-return out
+return into_ledger(KEYS[3], KEYS[4], items)

@@ -308,14 +308,15 @@ def test_a_backlog_waits_in_redis_and_acks_cost_one_item(redis_url, redis_client
             worst_ping = max(worst_ping, time.monotonic() - t)
             most_held = max(most_held, held(probe, fe_id))
             time.sleep(0.02)
+        # acknowledgements: an HDEL each now (an EVAL of LREMs over the whole list before)
         slow = [entry for entry in redis_client.slowlog_get(128)
-                if entry["command"].split()[0].upper() in (b"HDEL", b"EVALSHA", b"EVAL", b"LREM")]
+                if b"HDEL" in entry["command"].upper() or b"LREM" in entry["command"].upper()]
         report("backlog", says=says, rooms=rooms_n, window=window, most_held=most_held,
                worst_ping_ms=round(worst_ping * 1000, 1), slow_commands=len(slow))
         assert delivered() == says
         assert most_held <= window, f"{most_held} commands held at once, the window is {window}"
         assert not slow, slow[:3]
-        assert worst_ping < 0.5
+        assert worst_ping < 0.25
     finally:
         redis_client.config_set("slowlog-log-slower-than", 10_000)
         stop_process(proc)

@@ -131,7 +131,9 @@ def held_items(client: redis.Redis, frontend_id: str, prefix: str = "") -> list[
 
 
 def held(client: redis.Redis, frontend_id: str, prefix: str = "") -> int:
-    """How many commands a frontend holds in flight (see ``held_items``)."""
-    return (client.hlen(f"{prefix}control:ledger:{frontend_id}")
-            + client.llen(f"{prefix}control:landing:{frontend_id}")
-            + client.llen(f"{prefix}control:inflight:{frontend_id}"))
+    """How many commands a frontend holds in flight (see ``held_items``), read in one transaction."""
+    pipe = client.pipeline(transaction=True)
+    pipe.hlen(f"{prefix}control:ledger:{frontend_id}")
+    pipe.llen(f"{prefix}control:landing:{frontend_id}")
+    pipe.llen(f"{prefix}control:inflight:{frontend_id}")
+    return sum(pipe.execute())

@@ -105,7 +105,7 @@ class _Registry:
 def _dispatcher():
     """The routing of a real IncomingDispatcher over stand-ins of the parts it receives (no Redis)."""
     registry, ledger, outbox, counters = _Registry(), _Ledger(), _Outbox(), Counters()
-    dispatcher = IncomingDispatcher(link=None, source="control", ledger=ledger, registry=registry,
+    dispatcher = IncomingDispatcher(link=None, ledger=ledger, registry=registry,
                                     outbox=outbox, counters=counters,
                                     settings=load_settings(env={}, overrides={"frontend_id": "prop"}),
                                     frontend_id="prop")
