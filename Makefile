@@ -29,16 +29,25 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# The chat and queue servers the tests and the demo start on loopback (never as system services),
-# and Debian's chromium + chromedriver for the dashboard's browser test.
+# The chat and queue servers the tests and the demo start on loopback (never as system services):
+# redis-server (also as sentinels and cluster nodes; redis-tools for redis-cli), ngircd, prosody,
+# InspIRCd 3 (installs beside ngircd) and Atheme services; and Debian's chromium + chromedriver for
+# the dashboard's browser test. A policy-rc.d that refuses every start is in place while apt runs
+# (restored after), so no package starts its daemon. Nothing to do, and no apt call, when all are there.
+SERVER_BINARIES := redis-server redis-cli ngircd prosody prosodyctl inspircd atheme-services chromium chromedriver
+SERVER_PACKAGES := redis-server redis-tools ngircd prosody inspircd atheme-services chromium chromium-driver
 servers:
 	@missing=""; \
-	for b in redis-server ngircd prosody prosodyctl chromium chromedriver; do \
+	for b in $(SERVER_BINARIES); do \
 	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || [ -x /usr/bin/$$b ] || missing="$$missing $$b"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  $(APT) update -qq && $(APT) install -y -qq redis-server ngircd prosody chromium chromium-driver; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null && $(SUDO) chmod +x /usr/sbin/policy-rc.d; \
+	    trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT; \
+	  fi; \
+	  $(APT) update -qq && $(APT) install -y -qq $(SERVER_PACKAGES); \
 	fi
 
 lint: venv  ## pyflakes over the code and the tests

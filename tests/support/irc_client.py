@@ -7,28 +7,37 @@ appends every line to ``lines`` and answers PING. Waits use a ``threading.Condit
 moves the cursor just past it, so every line up to the match counts as consumed and is never matched
 again (it also checks the order in which things arrived). ``connect()`` and ``join()`` move the cursor
 too (past 001 and 366); ``lines`` always keeps everything.
+
+IRCv3: ``caps=("account-tag", "message-tags", ...)`` negotiates capabilities (``CAP LS 302``, then
+``CAP REQ`` for those offered, before registration: ``cap_ls`` holds what the server offered with
+its values, ``caps`` what it acknowledged) and ``sasl=(account, password)`` logs in with SASL PLAIN
+before registration (``sasl_replies``: the 900/903 lines; a refusal raises AssertionError with the
+numeric, e.g. 904). Parsed lines carry their message tags in ``IrcLine.tags`` (unescaped).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Pattern, Union
+from typing import Callable, Optional, Pattern, Sequence, Union
 
 CONNECT_TIMEOUT = 10.0
 
 #: numerics/commands that end a registration attempt without 001
 _REGISTRATION_ERRORS = {"432", "433", "436", "464", "465", "ERROR"}
+#: numerics that end a SASL exchange (903: success)
+_SASL_ENDS = {"903", "902", "904", "905", "906", "907", "908"}
 #: numerics that refuse a JOIN
 _JOIN_ERRORS = {"403", "405", "437", "471", "473", "474", "475", "476", "477", "489"}
 
 
 @dataclass
 class IrcLine:
-    """One line from the server, parsed (IRCv3 tags, if any, are dropped)."""
+    """One line from the server, parsed (IRCv3 message tags in ``tags``, unescaped; "" for a bare key)."""
 
     raw: str
     prefix: str = ""
@@ -36,13 +45,40 @@ class IrcLine:
     command: str = ""
     params: list[str] = field(default_factory=list)
     text: str = ""  # the last parameter, or ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+_TAG_ESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+
+
+def _unescape_tag(value: str) -> str:
+    out, chars = [], iter(value)
+    for char in chars:
+        if char == "\\":
+            nxt = next(chars, "")
+            out.append(_TAG_ESCAPES.get(nxt, nxt))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def parse_tags(text: str) -> dict[str, str]:
+    """``a=1;b;c=x\\sy`` -> ``{"a": "1", "b": "", "c": "x y"}``."""
+    tags: dict[str, str] = {}
+    for item in text.split(";"):
+        if item:
+            key, _, value = item.partition("=")
+            tags[key] = _unescape_tag(value)
+    return tags
 
 
 def parse_line(raw: str) -> IrcLine:
     """Split ``[@tags] [:prefix] COMMAND params... [:trailing]``."""
     rest = raw
+    tags: dict[str, str] = {}
     if rest.startswith("@"):
-        _, _, rest = rest.partition(" ")
+        tag_text, _, rest = rest.partition(" ")
+        tags = parse_tags(tag_text[1:])
     prefix = ""
     if rest.startswith(":"):
         prefix, _, rest = rest[1:].partition(" ")
@@ -56,7 +92,7 @@ def parse_line(raw: str) -> IrcLine:
     command = words[0].upper() if words else ""
     params = words[1:] + ([trailing] if trailing is not None else [])
     return IrcLine(raw=raw, prefix=prefix, nick=prefix.split("!", 1)[0].split("@", 1)[0] if prefix else "",
-                   command=command, params=params, text=params[-1] if params else "")
+                   command=command, params=params, text=params[-1] if params else "", tags=tags)
 
 
 Matcher = Union[str, Pattern[str], Callable[[IrcLine], bool]]
@@ -73,12 +109,18 @@ class IrcTestClient:
     """A test user on an IRC server: ``connect()``, ``join()``, ``privmsg()``, ``expect()``."""
 
     def __init__(self, host: str, port: int, nick: str, password: Optional[str] = None,
-                 username: Optional[str] = None, realname: str = "greenroom test client") -> None:
+                 username: Optional[str] = None, realname: str = "greenroom test client",
+                 caps: Sequence[str] = (), sasl: Optional[tuple[str, str]] = None) -> None:
         self.host, self.port = host, port
         self.nick = nick
         self.password = password
         self.username = username or nick[:10]
         self.realname = realname
+        self.want_caps = tuple(caps)
+        self.sasl = sasl
+        self.cap_ls: dict[str, str] = {}  # what the server offered (CAP LS 302), with values
+        self.caps: set[str] = set()  # what it acknowledged
+        self.sasl_replies: list[IrcLine] = []  # 900 (logged in as ...) and 903 (success)
         self.lines: list[str] = []
         self.parsed: list[IrcLine] = []
         self.closed = False  # the connection ended (EOF, error or close())
@@ -105,10 +147,15 @@ class IrcTestClient:
         self._reader = threading.Thread(target=self._read_loop, name=f"irc-reader-{self.nick}", daemon=True)
         self._reader.start()
         try:
+            negotiate = bool(self.want_caps or self.sasl)
+            if negotiate:
+                self.send_raw("CAP LS 302")
             if self.password:
                 self.send_raw(f"PASS {self.password}")
             self.send_raw(f"NICK {self.nick}")
             self.send_raw(f"USER {self.username} 0 * :{self.realname}")
+            if negotiate:
+                self._negotiate(deadline)
             reply = self.expect(lambda ln: ln.command == "001" or ln.command in _REGISTRATION_ERRORS,
                                 timeout=max(0.1, deadline - time.monotonic()))
             if reply.command != "001":
@@ -117,6 +164,50 @@ class IrcTestClient:
             self.close()
             raise
         return self
+
+    def _negotiate(self, deadline: float) -> None:
+        """CAP LS 302 (already sent) -> CAP REQ what is offered -> SASL PLAIN -> CAP END."""
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        while True:  # CAP * LS * :a b ... (continued) ... CAP * LS :y z (the last line)
+            line = self.expect(lambda ln: (ln.command == "CAP" and ln.params[1:2] == ["LS"])
+                               or ln.command in _REGISTRATION_ERRORS, timeout=left())
+            if line.command != "CAP":
+                raise AssertionError(f"{self.nick}: registration refused: {line.raw}")
+            for item in line.text.split():
+                key, _, value = item.partition("=")
+                self.cap_ls[key] = value
+            if line.params[2:3] != ["*"]:
+                break
+        wanted = [cap for cap in self.want_caps if cap in self.cap_ls]
+        if self.sasl:
+            if "sasl" not in self.cap_ls:
+                raise AssertionError(f"{self.nick}: the server offers no sasl (services not linked?): "
+                                     f"{sorted(self.cap_ls)}")
+            wanted.append("sasl")
+        if wanted:
+            self.send_raw(f"CAP REQ :{' '.join(dict.fromkeys(wanted))}")
+            line = self.expect(lambda ln: ln.command == "CAP" and ln.params[1:2] in (["ACK"], ["NAK"]),
+                               timeout=left())
+            if line.params[1] == "ACK":
+                self.caps.update(cap.lstrip("-=~") for cap in line.text.split())
+        if self.sasl:
+            account, secret = self.sasl
+            self.send_raw("AUTHENTICATE PLAIN")
+            line = self.expect(lambda ln: ln.command == "AUTHENTICATE" or ln.command in _SASL_ENDS,
+                               timeout=left())
+            if line.command == "AUTHENTICATE":
+                token = base64.b64encode(f"{account}\0{account}\0{secret}".encode()).decode()
+                for start in range(0, len(token), 400):
+                    self.send_raw(f"AUTHENTICATE {token[start:start + 400]}")
+                if len(token) % 400 == 0:
+                    self.send_raw("AUTHENTICATE +")
+                line = self.expect(lambda ln: ln.command in _SASL_ENDS, timeout=left())
+            self.sasl_replies = [ln for ln in self.parsed if ln.command in ("900", "903")]
+            if line.command != "903":
+                raise AssertionError(f"{self.nick}: SASL refused: {line.raw}")
+        self.send_raw("CAP END")
 
     def close(self, message: str = "bye") -> None:
         """QUIT and close the socket (idempotent)."""

@@ -298,14 +298,17 @@ class NgircdServer(Server):
     """ngircd named ``irc.test`` from ``configs/ngircd.conf.in``: no flood penalties, no lookups.
 
     Started as root, ngircd switches to user ``nobody`` by itself (it refuses to run as root).
+    ``max_joins=N`` limits the channels per user (``MaxJoins``; ISUPPORT ``CHANLIMIT=#&+:N``, the N+1th
+    JOIN gets 405); 0, the default here, is no limit.
     """
 
     name = "ngircd"
     server_name = "irc.test"
 
-    def __init__(self, workdir: str, password: Optional[str] = None) -> None:
+    def __init__(self, workdir: str, password: Optional[str] = None, max_joins: int = 0) -> None:
         super().__init__(workdir)
         self.password = password
+        self.max_joins = max_joins
         self.conf_path = os.path.join(self.workdir, "ngircd.conf")
 
     def _prepare(self) -> None:
@@ -317,7 +320,7 @@ class NgircdServer(Server):
         template = Template((CONFIGS / "ngircd.conf.in").read_text())
         with open(self.conf_path, "w") as fh:
             fh.write(template.substitute(port=self.port, motd_file=motd, include_dir=include_dir,
-                                         password=self.password or ""))
+                                         password=self.password or "", max_joins=self.max_joins))
         for path in (self.workdir, include_dir):
             os.chmod(path, 0o755)
         for path in (motd, self.conf_path):
@@ -349,6 +352,10 @@ def _has_reply(data: bytes, numeric: bytes) -> bool:
 class ProsodyServer(Server):
     """prosody from ``configs/prosody.cfg.lua.in``: plaintext c2s on loopback, a MUC component.
 
+    ``tls=`` a ``tests.support.tls.CertFiles`` (e.g. ``TestPKI.server`` or ``.self_signed``) turns on
+    mod_tls: STARTTLS on the c2s ``port`` and direct TLS (XEP-0368) on ``tls_port``, with that
+    certificate; ``require_encryption=True`` sets ``c2s_require_encryption`` (no login before STARTTLS).
+
     The ``prosody`` binary refuses to run as root; as root we start it (and ``prosodyctl``, which would
     switch anyway) as user ``prosody``, which then needs to reach the work dir: each parent directory
     must be world-traversable (``tempfile.mkdtemp(dir="/tmp")`` chmod 0o755 is; pytest's ``tmp_path``
@@ -359,8 +366,13 @@ class ProsodyServer(Server):
     domain = "localhost"
     muc_domain = "conference.localhost"
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, tls: Any = None, require_encryption: bool = False) -> None:
+        if require_encryption and tls is None:
+            raise ValueError("require_encryption needs tls= (a certificate to offer STARTTLS with)")
         super().__init__(workdir)
+        self.tls = tls
+        self.require_encryption = require_encryption
+        self.tls_port = 0
         self.s2s_port = 0
         self.conf_path = os.path.join(self.workdir, "prosody.cfg.lua")
         self.data_dir = os.path.join(self.workdir, "data")
@@ -380,6 +392,7 @@ class ProsodyServer(Server):
     def _pick_ports(self) -> None:
         self.port = free_port()
         self.s2s_port = free_port()
+        self.tls_port = free_port() if self.tls is not None else 0
 
     def _prepare(self) -> None:
         certs_dir = os.path.join(self.workdir, "certs")
@@ -389,12 +402,25 @@ class ProsodyServer(Server):
         os.chmod(certs_dir, 0o755)
         if self._user is not None:  # what prosody and prosodyctl create in it is theirs already
             os.chown(self.data_dir, self._user.pw_uid, self._user.pw_gid)
+        tls_settings = tls_module = direct_tls_ports = ""
+        if self.tls is not None:  # copies prosody's own user can read (the key 0640, group prosody)
+            cert, key = os.path.join(certs_dir, "server.crt"), os.path.join(certs_dir, "server.key")
+            for src, dst, mode in ((self.tls.cert, cert, 0o644), (self.tls.key, key, 0o640)):
+                shutil.copyfile(src, dst)
+                os.chmod(dst, mode)
+                if self._user is not None:
+                    os.chown(dst, 0, self._user.pw_gid)
+            tls_settings = f'ssl = {{ certificate = "{cert}"; key = "{key}"; }}'
+            tls_module = '\t"tls"; -- STARTTLS on c2s_ports, and direct TLS on c2s_direct_tls_ports\n'
+            direct_tls_ports = str(self.tls_port)
         template = Template((CONFIGS / "prosody.cfg.lua.in").read_text())
         with open(self.conf_path, "w") as fh:
             fh.write(template.substitute(
                 c2s_port=self.port, s2s_port=self.s2s_port, host=self.host, domain=self.domain,
                 muc_domain=self.muc_domain, data_dir=self.data_dir, certs_dir=certs_dir,
-                pidfile=os.path.join(self.data_dir, "prosody.pid"),
+                pidfile=os.path.join(self.data_dir, "prosody.pid"), tls_settings=tls_settings,
+                tls_module=tls_module, direct_tls_ports=direct_tls_ports,
+                require_encryption="true" if self.require_encryption else "false",
                 run_as_root="true" if os.geteuid() == 0 and self._user is None else "false"))
         os.chmod(self.conf_path, 0o644)
 
