@@ -27,7 +27,7 @@ from frontend.redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ERR
 
 from .core import SCRIPTS, BaseBackend, Delivery
 from .events import Event
-from .steps import Run, Script, Sleep, Step, Steps, adrive, arun_handler, wait_event
+from .steps import Run, Sleep, Step, Steps, adrive, arun_handler, execute, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,7 @@ class AsyncBackend(BaseBackend):
             return arun_handler(step)
         if isinstance(step, Sleep):
             return wait_event(self._stop, step.seconds)
-        op = step.op
-        client = self._blocking if op.blocking and self._blocking is not None else self.redis
-        if isinstance(op, Script):
-            return self._scripts[op.name](keys=op.keys, args=op.args, client=client)
-        return client.execute_command(*op.args)
+        return execute(step.op, self.redis, self._blocking, self._scripts)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def stop(self) -> None:

@@ -25,7 +25,7 @@ from .core import SCRIPTS, BaseBackend, Delivery
 from .errors import BackendError
 from .events import Event
 from .pool import Capacity, KeyedPool, Runtime, gevent_patched
-from .steps import Run, Script, Sleep, Step, Steps, drive, run_handler
+from .steps import Run, Sleep, Step, Steps, drive, execute, run_handler
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,7 @@ class Backend(BaseBackend):
             return run_handler(step)
         if isinstance(step, Sleep):
             return self._stop.wait(step.seconds)
-        op = step.op
-        client = self._blocking if op.blocking and self._blocking is not None else self.redis
-        if isinstance(op, Script):
-            return self._scripts[op.name](keys=op.keys, args=op.args, client=client)
-        return client.execute_command(*op.args)
+        return execute(step.op, self.redis, self._blocking, self._scripts)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def stop(self) -> None:

@@ -14,47 +14,45 @@ with backoff, a dead letter after the last; then the ack, or the give-back when 
 during a backoff). Around it: ``begin``/``finish`` (heartbeat, own leftovers), ``beat`` (the heartbeat,
 on its own timer, never tied to popping) and ``recovery_pass`` (on its own timer: under a lock, the
 lists of consumers whose heartbeat expired go back to the events list).
+
+Beside it: ``ledger.py`` (the consumer's keys, and the events it holds), ``dead.py`` (the bounded
+dead-letter entry), ``events.py`` (decoding and validating an item), ``routing.py`` (which handlers).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
 import socket
-import threading
 import time
-import traceback
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import ujson
 
-from frontend.keys import EVENTS_NAME_RE, Keys
+from frontend.keys import EVENTS_NAME_RE
 from frontend.logs import Throttle
 from frontend.redis_conn import REDIS_ANY
 
 from . import commands
+from .dead import DEAD_EVENT_LIMIT, dead_entry, describe
 from .errors import BackendError, DecodeError
 from .events import Event, Joined
+from .ledger import ConsumerKeys, Ledger, text_of
 from .routing import Handler, Router
 from .steps import (Ack, Command, DeadLetter, GiveBack, Once, Push, Read, Run, Script, Sleep, Steps,
                     adrive, drive)
 
-__all__ = ["BaseBackend", "ConsumerKeys", "Delivery", "Ledger", "SCRIPTS", "adrive", "default_consumer",
-           "drive"]
+__all__ = ["BaseBackend", "ConsumerKeys", "DEAD_EVENT_LIMIT", "Delivery", "Ledger", "SCRIPTS", "adrive",
+           "default_consumer", "drive", "rooms_view"]
 
 log = logging.getLogger(__name__)
 _throttled = Throttle(log, 10.0)
 
 #: the Lua scripts (``frontend/lua/<name>.lua``) the shells register
 SCRIPTS = ("consumer_beat", "drain", "give_back", "recover_dead", "requeue_all", "unlock")
-#: a dead letter keeps at most this much of the event, of the traceback, of the error
-DEAD_EVENT_LIMIT = 65536
-DEAD_TRACEBACK_LIMIT = 16384
-DEAD_ERROR_LIMIT = 2048
 #: the most consumers one recovery pass looks at (the rest wait for the next pass)
 RECOVERY_BATCH = 100
 #: how long the recovery lock lives when its holder dies in the middle of a pass
@@ -70,75 +68,7 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def text_of(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else value
 
-
-class ConsumerKeys:
-    """The keys one consumer uses, all named by ``frontend.keys`` (PROTOCOL.md)."""
-
-    def __init__(self, prefix: str, events: str, control: str, consumer: str) -> None:
-        base = Keys(prefix)
-        self._base, self._events = base, base.events(events)
-        self.consumer = consumer
-        self.events = self._events.list
-        self.control = base.key(control)
-        self.dead = self._events.dead
-        self.processing = self._events.processing(consumer)
-        self.alive = self._events.alive(consumer)
-        self.consumers = self._events.consumers
-        self.recovery_lock = self._events.recovery_lock
-        self.processing_pattern = self._events.processing_pattern
-        self.rooms = base.rooms
-        self.states = base.states
-
-    def processing_of(self, consumer: str) -> str:
-        """The list a consumer holds its un-acked events in."""
-        return self._events.processing(consumer)
-
-    def alive_of(self, consumer: str) -> str:
-        """A consumer's heartbeat key (it expires when the consumer dies)."""
-        return self._events.alive(consumer)
-
-    def consumer_of(self, processing_key: bytes | str) -> str:
-        """The consumer whose processing list this is."""
-        return text_of(processing_key)[len(self.processing_of("")):]
-
-    def once(self, event_id: str) -> str:
-        return self._base.once(event_id)
-
-
-class Ledger:
-    """The events this consumer popped and has neither acked nor given back (a multiset: an item
-    may repeat). Safe from several threads or greenlets."""
-
-    def __init__(self) -> None:
-        self._held: Counter[bytes] = Counter()
-        self._lock = threading.Lock()
-
-    def track(self, *raws: bytes) -> None:
-        with self._lock:
-            self._held.update(raws)
-
-    def untrack(self, raw: bytes) -> None:
-        with self._lock:
-            self._held[raw] -= 1
-            if self._held[raw] <= 0:
-                del self._held[raw]
-
-    def adopt(self, held: Iterable[bytes]) -> list[bytes]:
-        """Of ``held`` (the processing list), what we do not know about; tracked from now on."""
-        with self._lock:
-            unknown = Counter(held) - self._held
-            self._held.update(unknown)
-        return list(unknown.elements())
-
-    def clear(self) -> None:
-        with self._lock:
-            self._held.clear()
-
-    def __len__(self) -> int:
-        return sum(self._held.values())
 
 
 @dataclass(frozen=True)
@@ -153,23 +83,6 @@ class Delivery:
     def key(self) -> str:
         """What orders it: events of one room are handled one at a time (refused items: "")."""
         return self.event.room if self.event is not None else ""
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: message``, even when ``str(exc)`` itself fails."""
-    try:
-        text = str(exc)
-    except Exception:  # a hostile or broken __str__
-        text = object.__repr__(exc)
-    return f"{type(exc).__name__}: {text}"
-
-
-def _safe(text: str, limit: int, *, tail: bool = False) -> str:
-    """``text`` cut to ``limit`` characters (its end when ``tail``), lone surrogates replaced, so that
-    a dead letter can always be written."""
-    if len(text) > limit:
-        text = ("..." + text[-limit:]) if tail else (text[:limit] + "...")
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 class BaseBackend(Router):
@@ -409,26 +322,8 @@ class BaseBackend(Router):
             return False
 
     def dead_entry(self, raw: bytes, handler: str, error: BaseException | str) -> bytes:
-        """The ``<events>:dead`` item: the event as received (at most ``DEAD_EVENT_LIMIT`` bytes; a
-        longer one is cut and says its length and digest), the error, the traceback (its end), the
-        handler, the consumer and the time. Always encodable, whatever the event or the error held."""
-        if isinstance(error, str):
-            text, tb = error, ""
-        else:
-            text = describe(error)
-            tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        entry: dict[str, Any] = {
-            "event": raw[:DEAD_EVENT_LIMIT].decode("utf-8", "replace"),
-            "error": _safe(text, DEAD_ERROR_LIMIT),
-            "traceback": _safe(tb, DEAD_TRACEBACK_LIMIT, tail=True),
-            "handler": _safe(handler, DEAD_ERROR_LIMIT),
-            "consumer": _safe(self.consumer, DEAD_ERROR_LIMIT),
-            "ts": time.time(),
-        }
-        if len(raw) > DEAD_EVENT_LIMIT:
-            entry.update(event_truncated=True, event_bytes=len(raw),
-                         event_digest=hashlib.blake2b(raw, digest_size=16).hexdigest())
-        return commands.encode(entry)
+        """The ``<events>:dead`` item for ``raw`` (``dead.dead_entry``)."""
+        return dead_entry(raw, handler, error, self.consumer)
 
     def _log_failure(self, handler: Handler, event: Event, attempt: int, attempts: int,
                      exc: BaseException) -> None:

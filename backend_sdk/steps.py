@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, TypeVar, Union
+from typing import Any, Callable, Generator, Mapping, TypeVar, Union
 
 import redis
 
@@ -162,6 +162,16 @@ async def adrive(steps: Steps[T], perform: Callable[[Step], Any]) -> T:
             reply, error = None, exc
 
 
+def execute(op: Op, client: Any, blocking: Any, scripts: Mapping[str, Any]) -> Any:
+    """Send ``op`` with redis-py: on ``blocking`` (the pop's own connection) when it says so, else on
+    the shared ``client``; ``scripts`` are the registered ``SCRIPTS``. The reply, or with
+    ``redis.asyncio`` clients an awaitable of it."""
+    target = blocking if op.blocking and blocking is not None else client
+    if isinstance(op, Script):
+        return scripts[op.name](keys=op.keys, args=op.args, client=target)
+    return target.execute_command(*op.args)
+
+
 def run_handler(step: Run) -> BaseException | None:
     """Call a plain handler; the exception it raised, or None. (``Backend`` refuses ``async def``
     handlers; one that returns an awaitable anyway has failed.)"""
@@ -198,5 +208,5 @@ async def wait_event(event: Any, seconds: float) -> bool:
 
 
 __all__ = ["Ack", "Command", "DeadLetter", "GiveBack", "Once", "Op", "Push", "Read", "Run",
-           "Script", "Sleep", "Step", "Steps", "adrive", "arun_handler", "drive", "run_handler",
+           "Script", "Sleep", "Step", "Steps", "adrive", "arun_handler", "drive", "execute", "run_handler",
            "wait_event"]
