@@ -4,38 +4,47 @@ Handlers are ``async def`` (a plain function returning an awaitable works too) a
 talks to Redis is awaited: ``await event.reply(text)``, ``await bot.say(room, text)``,
 ``await bot.rooms()``, ``await bot.once(event)``. Run it with ``asyncio.run(bot.run())`` or iterate
 with ``async for event in bot.events()``. ``stop()`` must be called from the loop's thread.
+
+Like ``backend.py`` this is only a shell: it performs the steps of ``backend_sdk.core`` (awaiting
+them), runs the handlers as tasks (a room's events one at a time, ``concurrency`` at once), and keeps
+the heartbeat and the recovery pass each in a task of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import os
 import signal
 import threading
-import time
-from collections import Counter
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .backend import _rooms
-from .core import DRAIN_LUA, GIVE_BACK_LUA, REDIS_ERRORS, REQUEUE_LUA, BaseBackend
-from .errors import BackendError, DecodeError
+from frontend import scripts
+from frontend.redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ERRORS
+
+from .core import SCRIPTS, BaseBackend, Delivery
 from .events import Event
+from .steps import Run, Sleep, Step, Steps, adrive, arun_handler, execute, wait_event
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 def _retry(retries: int) -> Retry:
-    return Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries, supported_errors=REDIS_ERRORS)
+    """``frontend.redis_conn.retry_policy`` for redis.asyncio (which needs its own ``Retry`` class)."""
+    return Retry(ExponentialWithJitterBackoff(cap=REDIS_BACKOFF_CAP, base=REDIS_BACKOFF_BASE), retries,
+                 supported_errors=REDIS_ERRORS)
 
 
 class AsyncBackend(BaseBackend):
     """An asyncio backend: ``async def`` handlers taking one event. Options as ``Backend``."""
+
+    asynchronous = True
 
     def __init__(self, redis_url: str, **options: Any) -> None:
         super().__init__(redis_url, **options)
@@ -45,58 +54,39 @@ class AsyncBackend(BaseBackend):
         #: the shared client for short commands
         self.redis = aredis.Redis(connection_pool=pool)
         self._blocking: aredis.Redis | None = None
-        self._stop = asyncio.Event()
-        self._running = False
-        self._inflight: Counter[bytes] = Counter()
-        self._next_heartbeat = 0.0
-        self._requeue = self.redis.register_script(REQUEUE_LUA)
-        self._give_back = self.redis.register_script(GIVE_BACK_LUA)
-        self._drain = self.redis.register_script(DRAIN_LUA)
-
-    # --------------------------------------------------------------------------------------- replies
-    async def _push(self, item: bytes, result: Any) -> Any:  # type: ignore[override]
-        await self.redis.rpush(self.keys.control, item)
-        return result
-
-    async def rooms(self) -> dict[str, dict[str, Any]]:
-        """``{room: {"spec": {...}, "state": {...} or None}}`` from ``rooms`` and ``rooms:state``."""
-        return _rooms(await self.redis.hgetall(self.keys.rooms), await self.redis.hgetall(self.keys.states))
-
-    async def once(self, event: Event | str, ttl: int = 86400) -> bool:
-        """True the first time for this event (id) within ``ttl`` seconds (Redis SET NX EX)."""
-        event_id = event if isinstance(event, str) else event.event_id
-        if not event_id:
-            raise ValueError("the event has no event_id")
-        return bool(await self.redis.set(self.keys.once(event_id), self.consumer, nx=True, ex=ttl))
+        self._stop = asyncio.Event()  # no more pops
+        self._quit = asyncio.Event()  # the heartbeat and recovery tasks end (after the last ack)
+        self._loops: list[asyncio.Task[None]] = []
+        self._scripts = {name: scripts.load(name).register(self.redis) for name in SCRIPTS}
+        self._run_steps = self._drive
 
     async def aclose(self) -> None:
         """Close the Redis connections."""
         await self.redis.aclose()
+
+    # ----------------------------------------------------------------------------------------- I/O
+    async def _drive(self, steps: Steps[T]) -> T:
+        return await adrive(steps, self._perform)
+
+    def _perform(self, step: Step) -> Any:
+        """An awaitable for each step."""
+        if isinstance(step, Run):
+            return arun_handler(step)
+        if isinstance(step, Sleep):
+            return wait_event(self._stop, step.seconds)
+        return execute(step.op, self.redis, self._blocking, self._scripts)
 
     # ------------------------------------------------------------------------------------- lifecycle
     def stop(self) -> None:
         """Stop popping; ``run()`` finishes the running handlers, acks them and returns."""
         self._stop.set()
 
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     async def recover(self, consumer: str | None = None) -> int:
         """Re-queue a dead consumer's un-acked events (all expired consumers without a name)."""
-        if consumer is not None:
-            if consumer == self.consumer and self._running:
-                raise BackendError("recover() of this running consumer: it still owns that list")
-            return await self._requeue_of(consumer)
-        moved = 0
-        async for key in self.redis.scan_iter(match=self.keys.processing_pattern(), count=500):
-            name = key.decode().rsplit(":processing:", 1)[1]
-            if name != self.consumer and not await self.redis.exists(self.keys.alive_of(name)):
-                moved += await self._requeue_of(name)
-        return moved
-
-    async def _requeue_of(self, consumer: str) -> int:
-        moved = int(await self._requeue(keys=[self.keys.processing_of(consumer), self.keys.events]))
-        if moved:
-            self.stats["requeued"] += moved
-            log.warning("re-queued %d un-acked event(s) of consumer %s", moved, consumer)
-        return moved
+        return await self._drive(self.requeue(consumer))
 
     async def run(self) -> None:
         """Consume until ``stop()`` (or SIGTERM/SIGINT on the main thread); then finish and ack."""
@@ -110,22 +100,26 @@ class AsyncBackend(BaseBackend):
         try:
             while not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(capacity.acquire(), self.block_timeout)
-                except asyncio.TimeoutError:
-                    continue
-                free = 1
-                while free < self.prefetch and not capacity.locked():
-                    await capacity.acquire()
-                    free += 1
-                raws = await self._pop(free)
-                for _ in range(free - len(raws)):
-                    capacity.release()
-                for raw in raws:
-                    room = _room_of(raw)
-                    task = asyncio.create_task(self._run_after(tails.get(room), raw, limit, capacity))
-                    tails[room] = task
-                    task.add_done_callback(
-                        lambda done, room=room: tails.pop(room) if tails.get(room) is done else None)
+                    if not await _acquire(capacity, self.block_timeout):
+                        continue
+                    free = 1
+                    while free < self.prefetch and not capacity.locked():
+                        await capacity.acquire()
+                        free += 1
+                    raws = await self._drive(self.pop(free))
+                    for _ in range(free - len(raws)):
+                        capacity.release()
+                    for n, raw in enumerate(raws):
+                        delivery = self.receive(raw)
+                        # adopted events beyond what was asked for hold no slot of the capacity
+                        task = asyncio.create_task(self._run_after(tails.get(delivery.key), delivery,
+                                                                   limit, capacity if n < free else None))
+                        tails[delivery.key] = task
+                        task.add_done_callback(lambda done, key=delivery.key:
+                                               tails.pop(key) if tails.get(key) is done else None)
+                except Exception:  # the loop's one broad catch: log, pause, go on
+                    log.exception("consumer %s: unexpected error in the pop loop", self.consumer)
+                    await wait_event(self._stop, 1.0)
         finally:
             if tails:
                 await asyncio.wait(list(tails.values()))
@@ -138,184 +132,85 @@ class AsyncBackend(BaseBackend):
         current: bytes | None = None
         try:
             while not self._stop.is_set():
-                for raw in await self._pop(1):
-                    try:
-                        event = self._decode(raw)
-                    except DecodeError as exc:
-                        await self._dead_letter(raw, "backend_sdk.decode", exc)
-                        await self._ack(raw)
+                for raw in await self._drive(self.pop(1)):
+                    delivery = self.receive(raw)
+                    if delivery.event is None:
+                        await self._drive(self.refuse(delivery))
                         continue
-                    self._observe(event)
+                    self._observe(delivery.event)
                     current = raw
-                    yield event
+                    yield delivery.event
                     current = None
-                    await self._ack(raw)
+                    await self._drive(self.ack(raw))
         finally:
             if current is not None:
-                await self._give_back_one(current)
+                await self._drive(self.give_back(current))
             await self._finish()
 
-    # ---------------------------------------------------------------------------------- consuming
-    async def _start(self) -> None:
-        if self._running:
-            raise BackendError(f"consumer {self.consumer} is already running")
-        self._running = True
-        self._blocking = aredis.Redis.from_url(
-            self.redis_url, socket_timeout=self.block_timeout + 5.0, socket_connect_timeout=5.0,
-            socket_keepalive=True, retry=_retry(0), single_connection_client=True)
-        await self._requeue_of(self.consumer)
-        await self._heartbeat()
-
-    async def _finish(self) -> None:
-        try:
-            left = await self._requeue_of(self.consumer)
-            await self.redis.delete(self.keys.alive)
-            log.info("stopped %s: %d handled, %d dead-lettered, %d given back", self.consumer,
-                     self.stats["handled"], self.stats["dead"], left)
-        except REDIS_ERRORS as exc:
-            log.error("could not give back un-acked events (%r): they wait in %s", exc,
-                      self.keys.processing)
-        finally:
-            self._inflight.clear()
-            if self._blocking is not None:
-                await self._blocking.aclose()
-            self._running = False
-            self._stop.clear()  # ready to run again
-
-    async def _pop(self, most: int) -> list[bytes]:
-        await self._heartbeat()
-        assert self._blocking is not None
-        try:
-            raw = await self._blocking.blmove(self.keys.events, self.keys.processing,
-                                              self.block_timeout, "LEFT", "RIGHT")
-            if raw is None:
-                return []
-            self._inflight[raw] += 1
-            raws = [raw]
-            if most > 1:
-                more = await self._drain(keys=[self.keys.events, self.keys.processing],
-                                         args=[most - 1], client=self._blocking)
-                self._inflight.update(more)
-                raws.extend(more)
-            return raws
-        except REDIS_ERRORS as exc:
-            log.warning("redis error while popping %s: %r; retrying", self.keys.events, exc)
-            try:
-                await asyncio.wait_for(self._stop.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
-            try:  # a lost reply may have stranded events in our processing list: adopt them
-                unknown = Counter(await self.redis.lrange(self.keys.processing, 0, -1)) - self._inflight
-            except REDIS_ERRORS:
-                return []
-            self._inflight.update(unknown)
-            return list(unknown.elements())
-
-    async def _heartbeat(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_heartbeat:
-            try:
-                await self.redis.set(self.keys.alive, str(os.getpid()), ex=max(1, int(self.heartbeat_ttl)))
-                self._next_heartbeat = now + self.heartbeat_ttl / 3
-            except REDIS_ERRORS as exc:
-                log.warning("redis error: %r", exc)
-
-    # ------------------------------------------------------------------------------------ handling
-    async def _run_after(self, previous: asyncio.Task[None] | None, raw: bytes,
-                         limit: asyncio.Semaphore, capacity: asyncio.Semaphore) -> None:
-        """Handle ``raw`` after the room's previous event, within the concurrency limit."""
+    async def _run_after(self, previous: asyncio.Task[None] | None, delivery: Delivery,
+                         limit: asyncio.Semaphore, capacity: asyncio.Semaphore | None) -> None:
+        """Handle ``delivery`` after the room's previous event, within the concurrency limit."""
         try:
             if previous is not None:
                 await asyncio.wait([previous])
             async with limit:
                 if self._stop.is_set():
                     return  # not started: stays un-acked, given back by _finish()
-                try:
-                    event = self._decode(raw)
-                except DecodeError as exc:
-                    await self._dead_letter(raw, "backend_sdk.decode", exc)
-                    await self._ack(raw)
-                    return
-                if await self._handle(raw, event):
-                    await self._ack(raw)
+                await self._drive(self.handle(delivery))
         except Exception:
             log.exception("handling an event failed")
         finally:
-            capacity.release()
+            if capacity is not None:
+                capacity.release()
 
-    async def _handle(self, raw: bytes, event: Event) -> bool:
-        self._observe(event)
-        for handler, delivered in self.plan(event, self.nicks(event.room)):
-            attempts = self._attempts(handler)
-            for attempt in range(1, attempts + 1):
-                try:
-                    result = handler.func(delivered)
-                    if inspect.isawaitable(result):
-                        await result
-                    break
-                except Exception as exc:
-                    self._log_failure(handler, event, attempt, attempts, exc)
-                    if attempt == attempts:
-                        await self._dead_letter(raw, handler.name, exc)
-                        continue
-                    try:
-                        await asyncio.wait_for(self._stop.wait(), self._backoff(attempt))
-                    except asyncio.TimeoutError:
-                        continue
-                    await self._give_back_one(raw)  # stopping: the next consumer retries it
-                    return False
-        self.stats["handled"] += 1
-        return True
+    async def _start(self) -> None:
+        await self._drive(self.begin())
+        self._blocking = aredis.Redis.from_url(
+            self.redis_url, socket_timeout=self.block_timeout + 5.0, socket_connect_timeout=5.0,
+            socket_keepalive=True, retry=_retry(0), single_connection_client=True)
+        self._quit.clear()
+        self._loops = [asyncio.create_task(self._every(self.heartbeat_interval, self.beat, "heartbeat"))]
+        if self.recovery_interval is not None:
+            self._loops.append(asyncio.create_task(
+                self._every(self.recovery_interval, self.recovery_pass, "recovery")))
 
-    async def _dead_letter(self, raw: bytes, handler: str, exc: BaseException) -> None:
-        await self.redis.rpush(self.keys.dead, self._dead_entry(raw, handler, exc))
-
-    async def _ack(self, raw: bytes) -> None:
+    async def _finish(self) -> None:
+        self._quit.set()
+        if self._loops:
+            await asyncio.wait(self._loops, timeout=6.0)
+        self._loops = []
         try:
-            await self.redis.lrem(self.keys.processing, 1, raw)
-        except REDIS_ERRORS as exc:
-            log.error("could not ack an event (%r): it will be delivered again", exc)
+            await self._drive(self.finish())
         finally:
-            self._untrack(raw)
+            if self._blocking is not None:
+                await self._blocking.aclose()
+                self._blocking = None
+            self._stop.clear()  # ready to run again
 
-    async def _give_back_one(self, raw: bytes) -> None:
-        try:
-            await self._give_back(keys=[self.keys.processing, self.keys.events], args=[raw])
-            self.stats["requeued"] += 1
-        except REDIS_ERRORS as exc:
-            log.error("could not give an event back (%r): it waits in %s", exc, self.keys.processing)
-        finally:
-            self._untrack(raw)
+    async def _every(self, seconds: float, steps: Callable[[], Steps[Any]], name: str) -> None:
+        """Run ``steps()`` every ``seconds`` until ``_finish``."""
+        while not await wait_event(self._quit, seconds):
+            try:
+                await self._drive(steps())
+            except Exception:  # the loop's one broad catch: it must outlive any failure
+                log.exception("consumer %s: the %s task failed; again in %.1fs", self.consumer, name,
+                              seconds)
 
-    def _untrack(self, raw: bytes) -> None:
-        self._inflight[raw] -= 1
-        if self._inflight[raw] <= 0:
-            del self._inflight[raw]
-
-    def _install_signals(self) -> Any:
+    def _install_signals(self) -> Callable[[], Any]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         loop = asyncio.get_running_loop()
-
-        def handler(signum: int) -> None:
-            if self._stop.is_set():
-                log.warning("second signal %d: exiting now", signum)
-                os._exit(128 + signum)
-            log.info("signal %d: finishing running handlers (again to exit at once)", signum)
-            self.stop()
-
-        sigs = (signal.SIGTERM, signal.SIGINT)
         try:
-            for sig in sigs:
-                loop.add_signal_handler(sig, handler, sig)
+            for sig in SIGNALS:
+                loop.add_signal_handler(sig, self.on_signal, sig)
         except (NotImplementedError, RuntimeError):  # not supported by this loop
             return lambda: None
-        return lambda: [loop.remove_signal_handler(sig) for sig in sigs]
+        return lambda: [loop.remove_signal_handler(sig) for sig in SIGNALS]
 
 
-def _room_of(raw: bytes) -> str:
-    """The room of a raw event (the per-room ordering key); "" when it cannot be decoded."""
+async def _acquire(semaphore: asyncio.Semaphore, timeout: float) -> bool:
     try:
-        return Event.from_json(raw).room
-    except DecodeError:
-        return ""
+        await asyncio.wait_for(semaphore.acquire(), timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True

@@ -3,6 +3,11 @@
 ``Event.from_json(raw)`` builds the right class; unknown types become a plain ``Event`` (their fields
 stay in ``event.data``) so a newer frontend never breaks an older backend. Events delivered by a
 backend are bound to it, so handlers can answer with ``event.reply(...)``.
+
+Every item is hostile until decoded here: a field of the wrong type (``"text": 5``, ``"room": [1]``)
+or an id longer than the protocol allows is a ``DecodeError`` (the consumer dead-letters the item),
+and a lone surrogate (JSON can carry ``\\ud800``, UTF-8 cannot) becomes U+FFFD anywhere in the item,
+so what a handler reads it can also send.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import ujson
+
+from frontend.protocol import MAX_ID_LEN
 
 from .errors import DecodeError, NotBoundError
 
@@ -47,15 +54,23 @@ class Event:
                 raise DecodeError(f"event is not JSON: {exc}") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
             raise DecodeError("event must be a JSON object with a string 'type'")
+        if not isinstance(raw, (bytes, bytearray)) or _SURROGATE_ESCAPE.search(raw):
+            _scrub(obj)
         cls = EVENT_TYPES.get(obj["type"], Event)
         kwargs: dict[str, Any] = {"data": obj, "backend": backend}
-        for f in dataclasses.fields(cls):
-            key = f.metadata.get("json", f.name)
-            if f.init and key in obj and f.name not in ("data", "backend"):
-                kwargs[f.name] = obj[key]
+        for name, key, allowed in _fields_of(cls):
+            if key in obj:
+                value = obj[key]
+                if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                    raise DecodeError(f"event field {key!r} must be {_describe(allowed)}, "
+                                      f"not {type(value).__name__}")
+                kwargs[name] = value
+        for key in ("type", "room", "event_id"):
+            if len(obj.get(key) or "") > MAX_ID_LEN:
+                raise DecodeError(f"event field {key!r} is longer than {MAX_ID_LEN} characters")
         try:
             kwargs["ts"] = float(kwargs.get("ts") or 0.0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DecodeError(f"event field 'ts' is not a number: {kwargs['ts']!r}") from None
         return cls(**kwargs)
 
@@ -194,3 +209,52 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.TYPE: cls
     for cls in (Message, Action, Joined, Parted, UserJoined, UserLeft, Topic, Kicked, ErrorEvent, Pong)
 }
+
+# ------------------------------------------------------------------------------------- validation
+#: what a field's annotation allows in JSON (``ts`` is converted with ``float()`` instead)
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "str | None": (str, type(None)), "bool": (bool,),
+    "str | int | None": (str, int, type(None)), "float": (int, float, str, type(None)),
+}
+_FIELDS: dict[type, tuple[tuple[str, str, tuple[type, ...]], ...]] = {}
+#: filled by routing, never by the item
+_ROUTING_FIELDS = frozenset({"command", "args", "arg_text", "match"})
+# a \\uD800-\\uDFFF escape: only then can the decoded item hold a lone surrogate
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _fields_of(cls: type) -> tuple[tuple[str, str, tuple[type, ...]], ...]:
+    """``(attribute, JSON key, allowed types)`` of each field an item may set."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = tuple((f.name, f.metadata.get("json", f.name), _JSON_TYPES[str(f.type)])
+                      for f in dataclasses.fields(cls)
+                      if str(f.type) in _JSON_TYPES and f.name not in _ROUTING_FIELDS)
+        _FIELDS[cls] = found
+    return found
+
+
+def _describe(allowed: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+
+
+def _clean(text: str) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", text) if _LONE_SURROGATE.search(text) else text
+
+
+def _scrub(obj: Any) -> None:
+    """Replace lone surrogates by U+FFFD in every string of ``obj`` (in place, no recursion)."""
+    stack = [obj]
+    while stack:
+        node = stack.pop()
+        pairs = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for key, value in pairs:
+            if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                del node[key]
+                key = _clean(key)
+            if isinstance(value, str):
+                value = _clean(value)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+            node[key] = value

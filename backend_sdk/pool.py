@@ -75,16 +75,20 @@ class Capacity:
         if not self._space.wait(timeout):
             return 0
         with self._lock:
-            taken = min(most, self._free)
+            taken = max(0, min(most, self._free))
             self._free -= taken
-            if self._free == 0:
+            if self._free <= 0:
                 self._space.clear()
             return taken
 
     def release(self, count: int = 1) -> None:
+        """Give back ``count`` slots (negative: more events arrived than were asked for)."""
         with self._lock:
             self._free += count
-            self._space.set()
+            if self._free > 0:
+                self._space.set()
+            else:
+                self._space.clear()
 
 
 class KeyedPool:

@@ -165,6 +165,12 @@ class EventKeys:
         return glob_escape(self.list) + ":processing:*"
 
     @property
+    def consumers(self) -> str:
+        """Sorted set of the consumers of this list, scored by their heartbeat's deadline (unix ms):
+        how a live consumer finds the lists of dead ones without a SCAN of the keyspace."""
+        return self.list + ":consumers"
+
+    @property
     def recovery_lock(self) -> str:
         """Held (SET NX PX) by the one consumer re-queuing the lists of consumers that died."""
         return self.list + ":recovering"

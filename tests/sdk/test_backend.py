@@ -207,7 +207,7 @@ def test_commands_address_the_bot_by_the_nick_it_joined_with(make_bot: Callable[
 
 def test_once_rooms_and_ping(make_bot: Callable[..., Backend], redis_client: Any) -> None:
     bot = make_bot(key_prefix="p:")
-    ev = bot._decode(ujson.dumps(message("x")).encode())
+    ev = bot.receive(ujson.dumps(message("x")).encode()).event
     assert bot.once(ev) is True and bot.once(ev) is False
     assert 0 < redis_client.ttl(f"p:once:{ev.event_id}") <= 86400
     redis_client.hset("p:rooms", "r1", ujson.dumps({"protocol": "irc", "nick": "bot"}))
@@ -282,6 +282,6 @@ def test_events_stranded_by_a_lost_reply_are_adopted(make_bot: Callable[..., Bac
     bot = make_bot()
     item = ujson.dumps(message("x")).encode()
     redis_client.rpush(bot.keys.processing, item)  # moved by a BLMOVE whose reply never arrived
-    bot._track(b"other")  # one we know about is not adopted twice
-    assert bot._adopt_stranded() == [item]
-    assert bot._adopt_stranded() == []
+    bot.ledger.track(b"other")  # one we know about is not adopted twice
+    assert bot._drive(bot.adopt_stranded()) == [item]
+    assert bot._drive(bot.adopt_stranded()) == []
