@@ -22,7 +22,7 @@ import redis
 from flask import Flask, abort, flash, jsonify, redirect, render_template, request, session, url_for
 from gevent.pywsgi import WSGIServer
 
-from .. import __version__, status
+from .. import __version__, deadletters, status
 from ..config import Settings
 from ..errors import ProtocolError
 from ..keys import Keys
@@ -106,10 +106,10 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     @app.get("/dead")
     def dead() -> str:
         which = request.args.get("which", "control")
-        if which not in status.DEAD_LISTS:
+        if which not in deadletters.DEAD_LISTS:
             abort(404)
-        return render_template("dead.html", rows=status.dead_list(db, keys, which, limit=500), which=which,
-                               total=db.llen(status.dead_key(keys, which)), now=time.time())
+        return render_template("dead.html", rows=deadletters.dead_list(db, keys, which, limit=500), which=which,
+                               total=db.llen(deadletters.dead_key(keys, which)), now=time.time())
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Any:
@@ -160,16 +160,24 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     @app.post("/dead/<action>")
     def dead_action(action: str) -> Any:
         which = request.form.get("which", "control")
-        if action not in ("requeue", "purge") or which not in status.DEAD_LISTS:
+        if action not in ("requeue", "purge") or which not in deadletters.DEAD_LISTS:
             abort(404)
         ids = request.form.getlist("id") or None
         if ids is None and request.form.get("all") != "1":
             flash("nothing chosen", "error")
             return redirect(url_for("dead", which=which))
-        change = status.dead_requeue if action == "requeue" else status.dead_purge
-        n = change(db, keys, which, ids=ids)
-        log.info("web: %s %d dead letters of %s:dead", action, n, which)
-        flash(f"{'requeued' if action == 'requeue' else 'purged'} {n} dead letters", "ok")
+        if action == "purge":
+            n = deadletters.dead_purge(db, keys, which, ids=ids)
+            log.info("web: purged %d dead letters of %s:dead", n, which)
+            flash(f"purged {n} dead letters", "ok")
+            return redirect(url_for("dead", which=which))
+        done = deadletters.dead_requeue(db, keys, which, ids=ids)
+        log.info("web: requeued %d dead letters of %s:dead, refused %d", done.moved, which, len(done.refused))
+        flash(f"requeued {done.moved} dead letters", "ok")
+        if done.refused:
+            flash(f"refused {len(done.refused)}: " + "; ".join(f"{i}: {why}" for i, why in done.refused[:5])
+                  + " (requeuing would push a broken command; `greenroom dead requeue --force ID` pushes it anyway)",
+                  "error")
         return redirect(url_for("dead", which=which))
 
     return app
