@@ -1,7 +1,11 @@
-"""The ``greenroom`` command: ``run`` the daemon; ``join``/``part``/``say``/``rooms`` for ops.
+"""The ``greenroom`` command: ``run`` the daemon; ``join``/``part``/``say``, ``rooms``, ``status``,
+``dead``, ``secrets`` and ``web`` (the dashboard) for ops.
 
 The ops commands only push to ``control`` or read Redis, so they work against a running daemon
 anywhere. Passwords are never taken from argv: they come from an environment variable or a prompt.
+What they print comes from Redis and is hostile: control characters are escaped (``--json`` too),
+secrets masked. The views are ``frontend.status``, dead letters ``frontend.deadletters``, secrets at
+rest ``frontend.sealing``.
 """
 
 import os
@@ -17,7 +21,6 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import getpass  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
 import redis  # noqa: E402
@@ -26,7 +29,8 @@ from . import __version__  # noqa: E402
 from .config import Settings, load_settings  # noqa: E402
 from .errors import ConfigError, ProtocolError  # noqa: E402
 from .keys import Keys  # noqa: E402
-from .protocol import decode, encode, validate_command  # noqa: E402
+from .protocol import encode, validate_command  # noqa: E402
+from .status import terminal  # noqa: E402
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -45,7 +49,7 @@ def _client(settings: Settings) -> redis.Redis:
 def _push(settings: Settings, command: dict[str, Any]) -> int:
     validate_command(command, max_text_bytes=settings.max_text_bytes)
     _client(settings).rpush(Keys(settings.key_prefix).control, encode(command))
-    print(f"queued {command['type']} for room {command['room']}")
+    print(f"queued {command['type']} for room {terminal(command['room'])}")
     return 0
 
 
@@ -117,71 +121,74 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 def cmd_rooms(args: argparse.Namespace) -> int:
+    from .status import format_rooms, rooms, terminal_json
+
     settings = _settings(args)
-    keys = Keys(settings.key_prefix)
-    client = _client(settings)
-    specs = client.hgetall(keys.rooms)
-    states = client.hgetall(keys.states)
-    rows = []
-    for room in sorted(set(specs) | set(states)):
-        spec = decode(specs[room]) if room in specs else None
-        state = decode(states[room]) if room in states else {}
-        rows.append({
-            "room": room.decode(), "protocol": (spec or {}).get("protocol") or state.get("protocol"),
-            "where": _where(spec), "state": state.get("state", "pending" if spec else "?"),
-            "since": state.get("since"), "attempts": state.get("attempts", 0),
-            "error": state.get("error"), "frontend": state.get("frontend"), "registered": spec is not None,
-        })
-    if args.json:
-        print(encode({"rooms": rows}).decode())
-        return 0
-    print(f"{'ROOM':24} {'PROTO':5} {'WHERE':36} {'STATE':10} {'FOR':>8} {'TRIES':>5}  ERROR")
-    now = time.time()
-    for r in rows:
-        age = f"{now - r['since']:.0f}s" if r["since"] else "-"
-        print(f"{r['room'][:24]:24} {r['protocol'] or '?':5} {r['where'][:36]:36} {r['state']:10} "
-              f"{age:>8} {r['attempts']:>5}  {r['error'] or ''}")
-    print(f"{len(rows)} rooms")
+    rows = rooms(_client(settings), Keys(settings.key_prefix))
+    print(terminal_json({"rooms": rows}) if args.json else format_rooms(rows))
     return 0
 
 
-def _where(spec: dict | None) -> str:
-    if not spec:
-        return "-"
-    if spec.get("protocol") == "irc":
-        return f"{spec.get('channel')}@{spec.get('server')}:{spec.get('port') or ''}"
-    return f"{spec.get('muc')}"
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import format_status, overview
+    from .status import format_status, overview, terminal_json
 
-    data = overview(_client(_settings(args)), Keys(_settings(args).key_prefix))
-    print(encode(data).decode() if args.json else format_status(data))
+    settings = _settings(args)
+    data = overview(_client(settings), Keys(settings.key_prefix))
+    print(terminal_json(data) if args.json else format_status(data))
     return 0 if data["frontends"] else 1
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
-    from .status import dead_list, dead_purge, dead_requeue, format_dead
+    from .deadletters import dead_list, dead_purge, dead_requeue, format_dead
+    from .status import terminal, terminal_json
 
     settings = _settings(args)
     client, keys = _client(settings), Keys(settings.key_prefix)
     if args.action == "list":
         rows = dead_list(client, keys, args.which, limit=args.limit)
-        print(encode({"dead": rows}).decode() if args.json else format_dead(rows))
+        print(terminal_json({"dead": rows}) if args.json else format_dead(rows))
         return 0
     if not args.ids and not args.all and not args.code:
         raise ConfigError(f"dead {args.action}: name the ids, or --code CODE, or --all")
     ids = args.ids or None
-    change = dead_requeue if args.action == "requeue" else dead_purge
-    n = change(client, keys, args.which, ids=ids, code=args.code)
-    print(f"{'requeued' if args.action == 'requeue' else 'purged'} {n} dead letters from {args.which}:dead")
-    return 0 if n or args.all else 1
+    if args.action == "purge":
+        n = dead_purge(client, keys, args.which, ids=ids, code=args.code)
+        print(f"purged {n} dead letters from {args.which}:dead")
+        return 0 if n or args.all else 1
+    done = dead_requeue(client, keys, args.which, ids=ids, code=args.code, force=args.force)
+    print(f"requeued {done.moved} dead letters from {args.which}:dead")
+    for ident, why in done.refused:
+        print(f"greenroom: refused to requeue {terminal(ident)}: {terminal(why)}; requeuing it would push "
+              f"a broken command (--force pushes it anyway, where that is possible)", file=sys.stderr)
+    if done.refused:
+        return 1
+    return 0 if done.moved or args.all else 1
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    from .sealing import new_key, rotate_registry, sealer_from_settings
+    from .status import terminal
+
+    if args.action == "new-key":
+        print(new_key())
+        return 0
+
+    settings = _settings(args)
+    sealer = sealer_from_settings(settings)
+    if not sealer.keys:
+        raise ConfigError("secrets rotate: no key configured (secrets_keys, GREENROOM_SECRETS_KEYS or "
+                          "secrets_keys_file); make one with `greenroom secrets new-key`")
+    result = rotate_registry(_client(settings), Keys(settings.key_prefix), sealer)
+    print(f"{'sealed' if sealer.enabled else 'opened'} {result.changed} of {result.total} room specs "
+          f"({result.unchanged} already as wanted)")
+    for room, why in result.failed:
+        print(f"greenroom: room {terminal(room)} left as it was: {why}", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def cmd_web(args: argparse.Namespace) -> int:
     from .logs import setup_logging
-    from .web.app import serve
+    from .web.dashboard import serve
 
     settings = _settings(args)
     setup_logging(getattr(args, "log_level", None) or settings.log_level, settings.log_format)
@@ -255,7 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="every dead letter of the list")
     dead.add_argument("--limit", type=int, default=1000, help="list: at most this many")
     dead.add_argument("--json", action="store_true")
+    dead.add_argument("--force", action="store_true",
+                      help="requeue: also dead letters whose item was cut or masked (pushes them as they are)")
     dead.set_defaults(func=cmd_dead)
+
+    secrets = sub.add_parser("secrets", parents=[common],
+                             help="encryption at rest of the room specs' secrets (secrets_keys)")
+    secrets.add_argument("action", choices=["new-key", "rotate"],
+                         help="new-key: print a fresh key; rotate: re-seal every spec in `rooms` with the "
+                              "first key")
+    secrets.set_defaults(func=cmd_secrets)
 
     web = sub.add_parser("web", parents=[common], help="the web dashboard (reads and writes only Redis)")
     web.add_argument("--web-addr", help="host:port to listen on (default 127.0.0.1:9479)")
@@ -275,10 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ProtocolError) as exc:
-        print(f"greenroom: {exc}", file=sys.stderr)
+        print(f"greenroom: {terminal(exc)}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
-        print(f"greenroom: Redis: {exc}", file=sys.stderr)
+        print(f"greenroom: Redis: {terminal(exc)}", file=sys.stderr)
         return 1
 
 

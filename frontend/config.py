@@ -106,6 +106,29 @@ class Settings:
     web_addr: str = "127.0.0.1:9479"
     #: the token the dashboard asks for before any action (join, part, requeue, purge); empty: read-only
     web_token: str = ""
+    # ---- ops: secrets at rest (frontend/sealing.py) and the dashboard (frontend/web/dashboard.py) ----
+    #: Fernet keys that seal the secrets of room specs in `rooms`, comma-separated, newest first (the
+    #: first seals, any opens); set it in the environment (GREENROOM_SECRETS_KEYS), it is never logged.
+    #: Empty (and no secrets_keys_file): specs are stored in clear
+    secrets_keys: str = field(default="", repr=False)
+    #: or a file with the keys (one a line or comma-separated, newest first), readable by its owner only
+    secrets_keys_file: str = ""
+    #: with a key configured, seal specs when they are written; false writes them in clear (sealed
+    #: ones still open), and `greenroom secrets rotate` then opens every spec
+    secrets_seal: bool = True
+    #: Host header values the dashboard answers (against DNS rebinding), comma-separated host or
+    #: host:port ("*": any); empty: web_addr's own, and localhost, 127.0.0.1, [::1] on its port when
+    #: bound to loopback
+    web_allowed_hosts: str = ""
+    #: bound beyond loopback, the read pages need a login too; true makes them public again
+    web_public_reads: bool = False
+    #: failed login attempts per window from one client address (IPv6: per /64), and from all
+    #: together (not counting loopback clients); past them 429 until the window ends
+    web_login_limit: int = 5
+    web_login_limit_total: int = 30
+    web_login_window: float = 60.0
+    #: seconds a dashboard session lasts after the login (logout ends it at once)
+    web_session_ttl: float = 43200.0
     #: per chat server overrides: {"irc.example.org": {"flood_burst": 10, "flood_rate": 1.0, "connect_rate": 5}}
     servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 

@@ -135,6 +135,14 @@ class Keys:
     def once(self, event_id: str) -> str:
         return f"{self.prefix}once:{event_id}"
 
+    def web_session(self, digest: str) -> str:
+        """A dashboard session, by the SHA-256 of its id (the cookie's value); expires with it."""
+        return f"{self.prefix}web:session:{digest}"
+
+    def web_login(self, scope: str) -> str:
+        """A counter of dashboard login attempts in one window (one client address, or all)."""
+        return f"{self.prefix}web:login:{scope}"
+
 
 @dataclass(frozen=True)
 class EventKeys:

@@ -1,69 +1,125 @@
-"""What `greenroom status`, `greenroom dead` and the dashboard read and change in Redis.
+"""What `greenroom status`, `greenroom rooms` and the dashboard show: read-only views of Redis.
 
 Everything comes from Redis alone (heartbeats ``frontends:<id>``, ``rooms``, ``rooms:state``, the
-lists), so it works against any number of frontends from anywhere. Dead letters are named by a short
-digest of their bytes, not by position, so a list that moves under you never requeues the wrong item.
+lists), so it works against any number of frontends from anywhere. Dead letters (listing, requeue,
+purge) are ``frontend.deadletters``.
+
+Every value read from Redis is treated as hostile: secrets are masked (in clear or sealed, at any
+depth), strings that are not valid Unicode are made so, fields have the types the views expect, and
+``terminal()`` / ``terminal_json()`` escape control characters for the operator's terminal.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
+import math
+import re
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import redis
 
 from .errors import ProtocolError
 from .keys import Keys
-from .protocol import decode, encode
+from .logs import escape_controls
+from .protocol import SECRET_FIELDS, decode
+from .sealing import is_sealed
 
 #: heartbeat fields that hold JSON
 _JSON_FIELDS = {"rooms_by_state", "rooms_by_protocol", "commands"}
 _NUMBER_FIELDS = {"pid", "started", "rooms", "sessions", "inflight", "outbox", "deepest_room_queue",
                   "events_pushed", "events_dropped"}
-#: spec fields that are never shown
-SECRET_FIELDS = {"password", "key", "room_password"}
-DEAD_LISTS = {"control": "control:dead", "messages": "messages:dead"}
-LIST_LIMIT = 1000
-
-# KEYS[1] dead list, KEYS[2] target list; ARGV[1] the dead item, ARGV[2] what to push back.
-_REQUEUE = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-  return 1
-end
-return 0
-"""
+MASK = "***"
+_MAX_DEPTH = 32
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# in JSON text these only occur inside strings, where a \u escape means the same character
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
+# ------------------------------------------------------------------------------- hostile values
 def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else clean(value)
 
 
+def clean(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string made valid Unicode (a lone surrogate, which JSON can carry as
+    ``\\ud800``, becomes U+FFFD), so it can be printed, rendered and encoded."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if depth > _MAX_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        return {clean(str(k)): clean(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v, depth + 1) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def terminal(value: Any) -> str:
+    """``value`` as text safe for a terminal: control characters (ESC, BEL, CR, C1, ...) escaped."""
+    return escape_controls(clean(value if isinstance(value, str) else str(value)))
+
+
+def terminal_json(obj: Any) -> str:
+    """Compact JSON safe for a terminal: C0 controls are escaped by JSON itself; DEL, C1 controls,
+    U+2028/U+2029 and lone surrogates become ``\\u`` escapes too (the same string once decoded)."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    return _JSON_UNSAFE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
+
+
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    return clean(value) if isinstance(value, str) else json.dumps(clean(value), default=str)[:200]
+
+
+def _num(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _decode_obj(raw: bytes | None) -> dict | None:
+    if raw is None:
+        return None
+    try:
+        obj = decode(raw)
+    except (ProtocolError, RecursionError, ValueError, OverflowError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+# ----------------------------------------------------------------------------------------- views
 def frontends(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """The live frontends from their heartbeats, oldest first."""
     out = []
     prefix = keys.heartbeat("")
     for key in sorted(client.scan_iter(match=keys.heartbeat("*"), count=500)):
-        raw = client.hgetall(key)
+        try:
+            raw = client.hgetall(key)
+        except redis.ResponseError:  # not a hash: not a heartbeat
+            continue
         if not raw:
             continue
         entry: dict[str, Any] = {"id": _text(key)[len(prefix):]}
         for name, value in raw.items():
             field, text = _text(name), _text(value)
-            try:
-                if field in _JSON_FIELDS:
-                    entry[field] = decode(text)
-                    continue
-                if field in _NUMBER_FIELDS:
-                    entry[field] = float(text) if "." in text else int(text)
-                    continue
-            except (ProtocolError, ValueError):
-                pass
             entry[field] = text
+            if field in _JSON_FIELDS:
+                obj = _decode_obj(value)
+                entry[field] = clean(obj) if obj is not None else text
+            elif field in _NUMBER_FIELDS:
+                try:
+                    number = float(text) if "." in text or "e" in text.lower() else int(text)
+                except ValueError:
+                    continue
+                if math.isfinite(number):
+                    entry[field] = number
         entry["ttl"] = client.pttl(key) / 1000.0
         out.append(entry)
-    return sorted(out, key=lambda f: f.get("started") or 0)
+    return sorted(out, key=lambda f: f["started"] if isinstance(f.get("started"), (int, float)) else 0)
 
 
 def rooms(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
@@ -74,57 +130,53 @@ def rooms(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     for room in sorted(set(specs) | set(states)):
         spec = _decode_obj(specs.get(room))
         state = _decode_obj(states.get(room)) or {}
+        attempts = _num(state.get("attempts"))
         rows.append({
-            "room": _text(room), "protocol": (spec or {}).get("protocol") or state.get("protocol"),
-            "tenant": (spec or {}).get("tenant"), "where": where(spec),
-            "state": state.get("state", "pending" if spec else "?"),
-            "since": state.get("since"), "attempts": state.get("attempts", 0),
-            "error": state.get("error"), "frontend": state.get("frontend"),
-            "registered": spec is not None, "spec": mask(spec) if spec else None,
+            "room": _text(room), "protocol": _str((spec or {}).get("protocol") or state.get("protocol")),
+            "tenant": _str((spec or {}).get("tenant")), "where": where(spec),
+            "state": _str(state.get("state")) or ("pending" if spec else "?"),
+            "since": _num(state.get("since")), "attempts": int(attempts) if attempts is not None else 0,
+            "error": _str(state.get("error")), "frontend": _str(state.get("frontend")),
+            "registered": spec is not None, "spec": clean(mask(spec)) if spec else None,
         })
     return rows
 
 
-def _decode_obj(raw: bytes | None) -> dict | None:
-    if raw is None:
-        return None
-    try:
-        obj = decode(raw)
-    except ProtocolError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def mask(spec: dict[str, Any]) -> dict[str, Any]:
-    """A spec with every secret replaced by ``***``."""
-    out = {}
-    for name, value in spec.items():
-        if name in SECRET_FIELDS and value:
-            out[name] = "***"
-        elif name == "sasl" and isinstance(value, dict):
-            out[name] = {k: ("***" if k == "password" else v) for k, v in value.items()}
-        else:
-            out[name] = value
-    return out
+def mask(spec: Any, depth: int = 0) -> Any:
+    """``spec`` with every secret replaced by ``***``: the values of ``password``, ``key`` and
+    ``room_password`` at any depth (SASL's too), and any sealed value wherever it is."""
+    if depth > _MAX_DEPTH:
+        return MASK
+    if isinstance(spec, dict):
+        return {name: MASK if (name in SECRET_FIELDS and value) or is_sealed(value) else mask(value, depth + 1)
+                for name, value in spec.items()}
+    if isinstance(spec, list):
+        return [mask(value, depth + 1) for value in spec]
+    return MASK if is_sealed(spec) else spec
 
 
 def where(spec: dict | None) -> str:
+    """Where a room is: ``#channel@server:port`` for IRC, the MUC for XMPP, ``-`` without a spec."""
     if not spec:
         return "-"
     if spec.get("protocol") == "irc":
-        return f"{spec.get('channel')}@{spec.get('server')}:{spec.get('port') or ''}"
-    return f"{spec.get('muc')}"
+        port = spec.get("port")
+        return clean(f"{spec.get('channel')}@{spec.get('server')}:{port if port is not None else ''}")
+    return clean(f"{spec.get('muc')}")
 
 
 def list_lengths(client: redis.Redis, keys: Keys) -> dict[str, int]:
-    """Lengths of control, messages, the in-flight lists (summed) and the dead-letter lists."""
-    pipe = client.pipeline(transaction=False)
+    """Lengths of control, messages, the in-flight lists (summed) and the dead-letter lists
+    (a key of another type counts 0)."""
     names = ["control", "messages", "control:dead", "messages:dead"]
+    pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.llen(keys.key(name))
-    lengths = dict(zip(names, pipe.execute()))
-    inflight = [key for key in client.scan_iter(match=keys.inflight("*"), count=500)]
-    lengths["inflight"] = sum(client.llen(key) for key in inflight)
+    lengths = {name: n if isinstance(n, int) else 0 for name, n in zip(names, pipe.execute(raise_on_error=False))}
+    pipe = client.pipeline(transaction=False)
+    for key in client.scan_iter(match=keys.inflight("*"), count=500):
+        pipe.llen(key)
+    lengths["inflight"] = sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
     return lengths
 
 
@@ -142,130 +194,55 @@ def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
             "lists": list_lengths(client, keys)}
 
 
-# -------------------------------------------------------------------------------------- dead letters
-def digest(item: bytes) -> str:
-    return hashlib.blake2b(item, digest_size=6).hexdigest()
-
-
-def dead_key(keys: Keys, which: str) -> str:
-    if which not in DEAD_LISTS:
-        raise ValueError(f"no dead-letter list {which!r}: use control or messages")
-    return keys.key(DEAD_LISTS[which])
-
-
-def dead_items(client: redis.Redis, keys: Keys, which: str = "control",
-               limit: int = LIST_LIMIT) -> list[tuple[str, bytes]]:
-    return [(digest(item), item) for item in client.lrange(dead_key(keys, which), 0, limit - 1)]
-
-
-def dead_list(client: redis.Redis, keys: Keys, which: str = "control",
-              limit: int = LIST_LIMIT) -> list[dict[str, Any]]:
-    """The dead letters, oldest first: id, reason, when, by whom, and the item."""
-    out = []
-    for ident, item in dead_items(client, keys, which, limit):
-        obj = _decode_obj(item) or {}
-        error = obj.get("error")
-        if isinstance(error, dict):  # control:dead (the frontend)
-            code, detail = error.get("code") or "?", error.get("detail") or ""
-        elif isinstance(error, str):  # messages:dead (backend_sdk): "Type: message", handler, traceback
-            code, detail = error.split(":", 1)[0], f"{obj.get('handler', '?')}: {error}"
-        else:
-            code, detail = "?", ""
-        body = obj.get("raw", obj.get("event"))
-        out.append({
-            "id": ident, "code": code, "detail": detail, "ts": obj.get("ts"),
-            "frontend": obj.get("frontend") or obj.get("consumer"),
-            "raw": body if isinstance(body, str) else encode(body).decode() if isinstance(body, dict)
-            else _text(item),
-        })
-    return out
-
-
-def _payload(which: str, item: bytes, keys: Keys) -> tuple[str, bytes]:
-    """Where a dead letter goes back to and what is pushed there."""
-    obj = _decode_obj(item) or {}
-    if which == "control":
-        raw = obj.get("raw")
-        return keys.control, raw.encode("utf-8") if isinstance(raw, str) else item
-    event = obj.get("event")  # backend_sdk keeps the event as received (a string)
-    if isinstance(event, dict):
-        return keys.messages, encode(event)
-    return keys.messages, event.encode("utf-8") if isinstance(event, str) else item
-
-
-def _select(client: redis.Redis, keys: Keys, which: str, ids: Iterable[str] | None,
-            code: str | None) -> list[bytes]:
-    wanted = set(ids) if ids is not None else None
-    chosen = []
-    for ident, item in dead_items(client, keys, which, limit=1 << 30):
-        if wanted is not None and ident not in wanted:
-            continue
-        if code is not None:
-            error = (_decode_obj(item) or {}).get("error")
-            found = error.get("code") if isinstance(error, dict) else str(error).split(":", 1)[0]
-            if found != code:
-                continue
-        chosen.append(item)
-    return chosen
-
-
-def dead_requeue(client: redis.Redis, keys: Keys, which: str = "control", ids: Iterable[str] | None = None,
-                 code: str | None = None) -> int:
-    """Push the chosen dead letters (all when ``ids`` is None) back where they came from."""
-    script = client.register_script(_REQUEUE)
-    moved = 0
-    source = dead_key(keys, which)
-    for item in _select(client, keys, which, ids, code):
-        target, payload = _payload(which, item, keys)
-        moved += int(script(keys=[source, target], args=[item, payload]))
-    return moved
-
-
-def dead_purge(client: redis.Redis, keys: Keys, which: str = "control", ids: Iterable[str] | None = None,
-               code: str | None = None) -> int:
-    """Delete the chosen dead letters (all when ``ids`` is None and no ``code``)."""
-    source = dead_key(keys, which)
-    if ids is None and code is None:
-        n = client.llen(source)
-        client.delete(source)
-        return int(n)
-    return sum(int(client.lrem(source, 1, item)) for item in _select(client, keys, which, ids, code))
-
-
 # ------------------------------------------------------------------------------------------ printing
+def _cell(value: Any, width: int) -> str:
+    """A table cell: escaped, cut to ``width``, padded."""
+    text = terminal("" if value is None else value)
+    return f"{text[:width]:{width}}"
+
+
+def _rcell(value: Any, width: int) -> str:
+    text = terminal("" if value is None else value)
+    return f"{text[:width]:>{width}}"
+
+
 def format_status(data: dict[str, Any], now: float | None = None) -> str:
-    """The `greenroom status` table."""
+    """The `greenroom status` table (every value from Redis escaped for the terminal)."""
     now = time.time() if now is None else now
     lines = [f"{'FRONTEND':28} {'HOST':16} {'PID':>7} {'VERSION':8} {'UP':>8} {'ROOMS':>6} "
              f"{'INFLIGHT':>8} {'OUTBOX':>7}  STATES"]
     for fe in data["frontends"]:
-        up = _age(now - fe["started"]) if isinstance(fe.get("started"), (int, float)) and fe["started"] else "-"
-        states = " ".join(f"{k}={v}" for k, v in sorted((fe.get("rooms_by_state") or {}).items()))
-        lines.append(f"{str(fe['id'])[:28]:28} {str(fe.get('host', '?'))[:16]:16} {fe.get('pid', '?'):>7} "
-                     f"{str(fe.get('version', '?')):8} {up:>8} {fe.get('rooms', 0):>6} "
-                     f"{fe.get('inflight', 0):>8} {fe.get('outbox', 0):>7}  {states}")
+        started = fe.get("started")
+        up = _age(now - started) if isinstance(started, (int, float)) and started else "-"
+        by_state = fe.get("rooms_by_state")
+        states = " ".join(f"{k}={v}" for k, v in sorted(by_state.items(), key=lambda kv: str(kv[0]))) \
+            if isinstance(by_state, dict) else str(by_state or "")
+        lines.append(f"{_cell(fe['id'], 28)} {_cell(fe.get('host', '?'), 16)} {_rcell(fe.get('pid', '?'), 7)} "
+                     f"{_cell(fe.get('version', '?'), 8)} {up:>8} {_rcell(fe.get('rooms', 0), 6)} "
+                     f"{_rcell(fe.get('inflight', 0), 8)} {_rcell(fe.get('outbox', 0), 7)}  {terminal(states)}")
         if fe.get("last_error"):
-            lines.append(f"{'':28} last error: {fe['last_error']}")
+            lines.append(f"{'':28} last error: {terminal(fe['last_error'])}")
     if not data["frontends"]:
         lines.append("(no live frontend)")
     rooms_ = data["rooms"]
     states = ", ".join(f"{k} {v}" for k, v in sorted(rooms_["by_state"].items())) or "none"
     lines.append("")
-    lines.append(f"rooms: {rooms_['total']} ({states})")
+    lines.append(f"rooms: {rooms_['total']} ({terminal(states)})")
     lists = data["lists"]
     lines.append("lists: " + "  ".join(f"{name} {lists[name]}" for name in
                                         ("control", "messages", "inflight", "control:dead", "messages:dead")))
     return "\n".join(lines)
 
 
-def format_dead(rows: list[dict[str, Any]], now: float | None = None) -> str:
+def format_rooms(rows: list[dict[str, Any]], now: float | None = None) -> str:
+    """The `greenroom rooms` table."""
     now = time.time() if now is None else now
-    lines = [f"{'ID':12} {'AGE':>8} {'REASON':14} {'DETAIL':40} RAW"]
-    for row in rows:
-        age = _age(now - row["ts"]) if isinstance(row.get("ts"), (int, float)) else "-"
-        detail = str(row["detail"]).replace("\n", " ")[:40]
-        lines.append(f"{row['id']:12} {age:>8} {str(row['code'])[:14]:14} {detail:40} {row['raw'][:80]}")
-    lines.append(f"{len(rows)} dead letters")
+    lines = [f"{'ROOM':24} {'PROTO':5} {'WHERE':36} {'STATE':10} {'FOR':>8} {'TRIES':>5}  ERROR"]
+    for r in rows:
+        age = f"{now - r['since']:.0f}s" if r["since"] else "-"
+        lines.append(f"{_cell(r['room'], 24)} {_cell(r['protocol'] or '?', 5)} {_cell(r['where'], 36)} "
+                     f"{_cell(r['state'], 10)} {age:>8} {r['attempts']:>5}  {terminal(r['error'] or '')}")
+    lines.append(f"{len(rows)} rooms")
     return "\n".join(lines)
 
 

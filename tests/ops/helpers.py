@@ -1,7 +1,9 @@
-"""Helpers for the operating tests: free ports, HTTP probes, waiting, the CLI, a notify socket."""
+"""Helpers for the operating tests: free ports, HTTP probes, waiting, the CLI, a notify socket, the
+dashboard served in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -10,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tests.support.servers import RedisServer
 
@@ -52,6 +54,20 @@ def greenroom(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     """Run the `greenroom` CLI; stdout and stderr captured as text."""
     return subprocess.run([sys.executable, "-m", "frontend.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The `greenroom` CLI's ``main`` run in this process (faster than a new interpreter), its
+    output captured as ``greenroom()`` does. Use ``greenroom()`` where the terminal's encoding matters."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from frontend.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["greenroom", *args], code, out.getvalue(), err.getvalue())
 
 
 class NotifySocket:
@@ -97,3 +113,84 @@ class PasswordRedis(RedisServer):
         with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
             sock.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
             return b"+PONG" in sock.recv(64)
+
+
+class Answer:
+    """One HTTP answer: status, headers (lower-case names), body, and the cookies it set."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes, cookies: dict[str, str]) -> None:
+        self.status, self.headers, self.body, self.cookies = status, headers, body, cookies
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def http(base: str, method: str, path: str, *, host: str | None = None, cookie: str | None = None,
+         form: dict[str, str] | None = None, headers: dict[str, str] | None = None,
+         source: str | None = None) -> Answer:
+    """One request without following redirects; ``host`` overrides the Host header, ``cookie`` is
+    sent as the dashboard's session cookie, ``source`` is the local address to connect from."""
+    import http.client
+    from urllib.parse import urlencode, urlsplit
+
+    url = urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10,
+                                      source_address=(source, 0) if source else None)
+    sent = dict(headers or {})
+    if host is not None:
+        sent["Host"] = host
+    if cookie is not None:
+        sent["Cookie"] = f"greenroom_session={cookie}"
+    body = None
+    if form is not None:
+        body = urlencode(form)
+        sent["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        conn.request(method, path, body=body, headers=sent)
+        resp = conn.getresponse()
+        cookies = {}
+        for name, value in resp.getheaders():
+            if name.lower() == "set-cookie":
+                key, _, rest = value.partition("=")
+                cookies[key] = rest.split(";", 1)[0]
+        return Answer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read(), cookies)
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def dashboard(redis_url: str, host: str = "127.0.0.1", **overrides: Any) -> Iterator[tuple[str, Any]]:
+    """The real dashboard app (``create_app``) served by gevent's WSGI server on a free port of
+    ``host``, in this process; yields (base URL, settings)."""
+    from gevent.pywsgi import WSGIServer
+
+    from frontend.config import load_settings
+    from frontend.web.dashboard import create_app
+
+    port = free_port_on(host)
+    settings = load_settings(env={}, overrides={"redis_url": redis_url, "web_addr": f"{host}:{port}",
+                                                **overrides})
+    server = WSGIServer((host, port), create_app(settings), log=None)
+    server.start()
+    try:
+        yield f"http://{host}:{port}", settings
+    finally:
+        server.stop(timeout=2)
+
+
+def free_port_on(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def own_address() -> str | None:
+    """A non-loopback IPv4 address of this machine (None when it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))  # TEST-NET: nothing is sent, it only picks a route
+            addr = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr

@@ -35,7 +35,9 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1400,1000", f"--user-data-dir={profile}"):
+                "--no-first-run", "--window-size=1400,1000", f"--user-data-dir={profile}",
+                # a DNS-rebinding attacker's name for our loopback address
+                "--host-resolver-rules=MAP rebind.test 127.0.0.1"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(20)
@@ -222,3 +224,29 @@ def test_the_api_refuses_actions_without_the_token(redis_url, redis_client, web)
     status = post("/part", b"room=x", {**form, "Authorization": f"Bearer {TOKEN}"})
     assert status in (200, 302) and json.loads(redis_client.lpop("control")) == {
         "type": "part", "room": "x", "reason": "parted from the dashboard"}
+
+
+def test_dns_rebinding_and_a_cookie_kept_after_logout_in_a_real_browser(redis_client, web, browser):
+    port = web.rsplit(":", 1)[1]
+    redis_client.hset("rooms", "rebind-room", json.dumps({"protocol": "irc", "server": "h", "nick": "n",
+                                                          "channel": "#c"}))
+    # a page of the attacker's name, resolved to 127.0.0.1 (DNS rebinding), gets no dashboard to read
+    browser.get(f"http://rebind.test:{port}/rooms")
+    assert "not served under that host name" in browser.page_source
+    assert "rebind-room" not in browser.page_source
+    browser.get(f"http://rebind.test:{port}/api/overview")
+    assert "frontends" not in browser.page_source
+
+    # log in, keep a copy of the session cookie, log out: the copy opens nothing any more
+    browser.get(web + "/login?next=/rooms")
+    browser.find_element("id", "token").send_keys(TOKEN)
+    browser.find_element("id", "login-submit").click()
+    wait_until(lambda: browser.current_url.endswith("/rooms"), what="logged in")
+    assert "rebind-room" in browser.page_source
+    (kept,) = [c for c in browser.get_cookies() if c["name"] == "greenroom_session"]
+    assert kept["httpOnly"] and kept["sameSite"] == "Strict" and TOKEN not in kept["value"]
+    browser.find_element("id", "logout").click()
+    wait_until(lambda: browser.find_elements("id", "login-link"), what="logged out")
+    browser.add_cookie({k: kept[k] for k in ("name", "value", "path", "httpOnly", "sameSite")})
+    browser.get(web + "/rooms")
+    assert not browser.find_elements("id", "logout") and browser.find_elements("id", "login-link")

@@ -2,15 +2,17 @@
 
 Pages: overview (frontends, rooms by state, list lengths; refreshed live by a few lines of plain
 JavaScript), rooms (filters; specs with secrets masked), dead letters (requeue, purge), join and part
-forms. Every action needs the configured ``web_token``: the operator logs in with it once, which
-sets a signed, HttpOnly, SameSite=Strict session cookie; each form also carries a per-session CSRF
-token, and a POST whose Origin (or Referer) is another site is refused. Scripts may send
-``Authorization: Bearer <token>`` instead. Without a token configured the dashboard is read-only.
+forms. Every action needs the configured ``web_token``: the operator logs in with it once (attempts
+limited per client and in total), which starts a server-side session in Redis (the HttpOnly,
+SameSite=Strict cookie holds only its random id; logout deletes it); each form also carries a
+per-session CSRF token, and a POST whose Origin (or Referer) is another site is refused. Scripts may
+send ``Authorization: Bearer <token>`` instead. Without a token configured the dashboard is
+read-only. Every request must name an allowed Host (DNS rebinding); bound beyond loopback, the read
+pages need a login too unless ``web_public_reads``. The guards are in ``frontend.web.auth``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import secrets
@@ -22,53 +24,89 @@ import redis
 from flask import Flask, abort, flash, jsonify, redirect, render_template, request, session, url_for
 from gevent.pywsgi import WSGIServer
 
-from .. import __version__, status
+from .. import __version__, deadletters, status
 from ..config import Settings
-from ..errors import ProtocolError
+from ..errors import ConfigError, ProtocolError
 from ..keys import Keys
+from ..logs import Throttle
 from ..metrics import parse_addr
 from ..protocol import encode, validate_command
+from .auth import COOKIE, HostCheck, LoginLimiter, RedisSessionInterface, is_loopback, is_wildcard
 
 log = logging.getLogger(__name__)
 
 STATES = ("joined", "joining", "connecting", "backoff", "failed", "new", "pending", "parted")
+#: the pages that only read (public on loopback; behind a login elsewhere unless web_public_reads)
+READ_PAGES = {"overview", "overview_fragment", "overview_json", "rooms", "dead"}
+
+
+def reads_need_login(settings: Settings) -> bool:
+    """True when the read pages need a login: bound beyond loopback and not made public."""
+    host, _ = parse_addr(settings.web_addr)
+    return not settings.web_public_reads and (is_wildcard(host) or not is_loopback(host))
 
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     """The dashboard for the Redis and key prefix of ``settings``."""
     app = Flask(__name__)
     token = settings.web_token
+    login_for_reads = reads_need_login(settings)
+    if login_for_reads and not token:
+        raise ConfigError(f"the dashboard would listen on {settings.web_addr}, beyond loopback, without "
+                          f"web_token: set web_token (every page then needs a login) or "
+                          f"web_public_reads = true (read pages for anyone who reaches it)")
     app.config.update(
-        SECRET_KEY=hashlib.sha256(b"greenroom-web\0" + (token or secrets.token_hex(16)).encode()).digest(),
-        SESSION_COOKIE_NAME="greenroom_session", SESSION_COOKIE_HTTPONLY=True,
+        SECRET_KEY=secrets.token_bytes(32),  # signs nothing we rely on: sessions live in Redis
+        SESSION_COOKIE_NAME=COOKIE, SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict", MAX_CONTENT_LENGTH=64 * 1024,
     )
     db = client or redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
     keys = Keys(settings.key_prefix)
+    sessions = RedisSessionInterface(db, keys, settings.web_session_ttl)
+    app.session_interface = sessions
+    hosts = HostCheck(settings.web_addr, settings.web_allowed_hosts)
+    limiter = LoginLimiter(db, keys, settings.web_login_limit, settings.web_login_limit_total,
+                           window=max(1.0, settings.web_login_window))
+    refusals = Throttle(log, interval=10.0, max_keys=100)
     app.jinja_env.globals.update(version=__version__, states=STATES, age=_age, prefix=settings.key_prefix,
                                  clock=lambda ts: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)))
 
     def authed() -> bool:
-        return bool(token) and session.get("auth") == _fingerprint(token)
+        return bool(token) and session.get("auth") is True and getattr(session, "sid", None) is not None
 
     def bearer_ok() -> bool:
+        """A valid ``Authorization: Bearer`` token; a wrong one counts as a failed login (429 past the limit)."""
         header = request.headers.get("Authorization", "")
-        return bool(token) and header.startswith("Bearer ") and hmac.compare_digest(
-            header[7:].encode(), token.encode())
+        if not token or not header.startswith("Bearer "):
+            return False
+        allowed, left, counted = limiter.acquire(request.remote_addr)
+        if not allowed:
+            _too_many(left)
+        if hmac.compare_digest(header[7:].encode("utf-8", "replace"), token.encode()):
+            limiter.give_back(counted)
+            return True
+        return False
 
     @app.context_processor
     def inject() -> dict[str, Any]:
-        if "csrf" not in session:
-            session["csrf"] = secrets.token_urlsafe(24)
-        return {"csrf": session["csrf"], "authed": authed(), "can_act": bool(token)}
+        # a CSRF token exists only in a logged-in session; forms of anonymous pages are refused anyway
+        return {"csrf": session.get("csrf", "") if authed() else "", "authed": authed(), "can_act": bool(token)}
 
     @app.before_request
     def guard() -> Any:
+        if not hosts.allows(request.host):
+            refusals.warning("host", "web: refused a request for Host %r from %s (allowed: %s; see "
+                             "web_allowed_hosts)", request.host[:100], request.remote_addr, hosts.describe())
+            abort(400, "this dashboard is not served under that host name (web_allowed_hosts)")
         if request.method != "POST":
+            if login_for_reads and request.endpoint in READ_PAGES and not authed() and not bearer_ok():
+                if request.endpoint in ("overview_json", "overview_fragment"):
+                    return jsonify({"error": "log in first"}), 401
+                return redirect(url_for("login", next=request.full_path.rstrip("?")))
             return None
         if _cross_site(request):
-            log.warning("web: refused a cross-site %s %s from %s", request.method, request.path,
-                        request.headers.get("Origin") or request.headers.get("Referer"))
+            refusals.warning("cross-site", "web: refused a cross-site %s %s from %s", request.method, request.path,
+                             request.headers.get("Origin") or request.headers.get("Referer"))
             abort(403, "cross-site request refused")
         if request.endpoint in ("login", "logout") or bearer_ok():
             return None
@@ -80,6 +118,21 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
             abort(403, "missing or wrong CSRF token: reload the page")
         return None
+
+    @app.errorhandler(400)
+    def bad_request(exc: Any) -> Any:
+        return render_template("error.html", code=400, message=exc.description, authed=False, csrf=""), 400
+
+    @app.errorhandler(429)
+    def too_many(exc: Any) -> Any:
+        response = app.make_response((render_template("error.html", code=429, message=exc.description), 429))
+        response.headers["Retry-After"] = str(int(getattr(exc, "retry_after", 60)))
+        return response
+
+    @app.errorhandler(redis.RedisError)
+    def redis_down(exc: Exception) -> Any:
+        log.warning("web: Redis: %s", exc)
+        return render_template("error.html", code=503, message=f"Redis: {exc}", authed=False, csrf=""), 503
 
     @app.errorhandler(403)
     def forbidden(exc: Any) -> Any:
@@ -106,19 +159,25 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     @app.get("/dead")
     def dead() -> str:
         which = request.args.get("which", "control")
-        if which not in status.DEAD_LISTS:
+        if which not in deadletters.DEAD_LISTS:
             abort(404)
-        return render_template("dead.html", rows=status.dead_list(db, keys, which, limit=500), which=which,
-                               total=db.llen(status.dead_key(keys, which)), now=time.time())
+        return render_template("dead.html", rows=deadletters.dead_list(db, keys, which, limit=500), which=which,
+                               total=db.llen(deadletters.dead_key(keys, which)), now=time.time())
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Any:
         if request.method == "POST":
+            if not token:
+                abort(403, "read-only dashboard: set web_token in the config to allow actions")
+            allowed, left, counted = limiter.acquire(request.remote_addr)
+            if not allowed:
+                _too_many(left)
             sent = request.form.get("token", "")
-            if token and hmac.compare_digest(sent.encode(), token.encode()):
+            if hmac.compare_digest(sent.encode("utf-8", "replace"), token.encode()):
+                limiter.give_back(counted)
                 session.clear()
-                session["auth"] = _fingerprint(token)
-                session["csrf"] = secrets.token_urlsafe(24)
+                session.renew = True  # a fresh session id: a cookie from before the login is worth nothing
+                session.update(auth=True, csrf=secrets.token_urlsafe(24), since=time.time())
                 log.info("web: operator logged in from %s", request.remote_addr)
                 return redirect(_safe_next(request.form.get("next")))
             log.warning("web: failed login from %s", request.remote_addr)
@@ -127,6 +186,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
 
     @app.post("/logout")
     def logout() -> Any:
+        if authed():
+            log.info("web: operator logged out from %s", request.remote_addr)
+        sessions.revoke(session)  # the session is gone from Redis: a copy of the cookie opens nothing
         session.clear()
         return redirect(url_for("overview"))
 
@@ -160,23 +222,35 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     @app.post("/dead/<action>")
     def dead_action(action: str) -> Any:
         which = request.form.get("which", "control")
-        if action not in ("requeue", "purge") or which not in status.DEAD_LISTS:
+        if action not in ("requeue", "purge") or which not in deadletters.DEAD_LISTS:
             abort(404)
         ids = request.form.getlist("id") or None
         if ids is None and request.form.get("all") != "1":
             flash("nothing chosen", "error")
             return redirect(url_for("dead", which=which))
-        change = status.dead_requeue if action == "requeue" else status.dead_purge
-        n = change(db, keys, which, ids=ids)
-        log.info("web: %s %d dead letters of %s:dead", action, n, which)
-        flash(f"{'requeued' if action == 'requeue' else 'purged'} {n} dead letters", "ok")
+        if action == "purge":
+            n = deadletters.dead_purge(db, keys, which, ids=ids)
+            log.info("web: purged %d dead letters of %s:dead", n, which)
+            flash(f"purged {n} dead letters", "ok")
+            return redirect(url_for("dead", which=which))
+        done = deadletters.dead_requeue(db, keys, which, ids=ids)
+        log.info("web: requeued %d dead letters of %s:dead, refused %d", done.moved, which, len(done.refused))
+        flash(f"requeued {done.moved} dead letters", "ok")
+        if done.refused:
+            flash(f"refused {len(done.refused)}: " + "; ".join(f"{i}: {why}" for i, why in done.refused[:5])
+                  + " (requeuing would push a broken command; `greenroom dead requeue --force ID` pushes it anyway)",
+                  "error")
         return redirect(url_for("dead", which=which))
 
     return app
 
 
-def _fingerprint(token: str) -> str:
-    return hashlib.sha256(b"greenroom-auth\0" + token.encode()).hexdigest()[:32]
+def _too_many(left: float) -> None:
+    from werkzeug.exceptions import TooManyRequests
+
+    exc = TooManyRequests(f"too many login attempts: try again in {max(1, round(left))} s")
+    exc.retry_after = max(1, round(left))  # type: ignore[attr-defined]
+    raise exc
 
 
 def _cross_site(req: Any) -> bool:
@@ -191,7 +265,11 @@ def _cross_site(req: Any) -> bool:
 
 
 def _safe_next(target: str | None) -> str:
-    return target if target and target.startswith("/") and not target.startswith("//") else "/"
+    """A local path to go back to after the login; anything else (``//host``, ``/\\host``, which
+    browsers read as another site, or control characters) is the overview."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return "/" if any(ord(c) < 0x20 or c == "\x7f" for c in target) else target
 
 
 def _matches(row: dict[str, Any], wanted: dict[str, str]) -> bool:
@@ -251,6 +329,12 @@ def serve(settings: Settings) -> int:
     import gevent.event
 
     app = create_app(settings)
+    host, _ = parse_addr(settings.web_addr)
+    if is_wildcard(host) or not is_loopback(host):
+        log.warning("web: the dashboard listens on %s, beyond loopback: anyone who reaches it can try the "
+                    "token; %s; serve it behind a TLS reverse proxy", settings.web_addr,
+                    "its read pages are public (web_public_reads)" if settings.web_public_reads
+                    else "every page needs a login")
     server = WSGIServer(parse_addr(settings.web_addr), app, log=None, error_log=log)
     server.start()
     log.info("dashboard on http://%s/ (redis %s)%s", settings.web_addr, settings.redacted_redis_url(),
