@@ -56,6 +56,7 @@ from .registry import RoomRegistry
 from .reload import apply_logging, reload_settings, report
 from .room import RoomContext
 from .router import Router
+from .sealing import sealer_from_settings
 from .service import Supervisor
 from .sessions import SessionPool
 from .systemd import Watchdog, notify
@@ -106,11 +107,13 @@ class Frontend:
         self.outbox = OutgoingDispatcher(DirectLink(settings), settings, keys, self.ledger, counters)
         self.sessions = SessionPool(settings, {"irc": IrcConnection, "xmpp": _xmpp_factory},
                                     counters=counters, pace_events=self.outbox.wait_for_room)
+        sealer = sealer_from_settings(settings)  # raises ConfigError for a bad key (never shown)
         self.registry = RoomRegistry(
             RoomContext(outbox=self.outbox, ledger=self.ledger, sessions=self.sessions, counters=counters,
                         keys=keys, frontend_id=fid, settings=lambda: self.settings,
                         throttle=Throttle(logging.getLogger("frontend.room"), counter=counters)),
-            self.redis, keys, counters=counters, restart_delay=lambda: self.settings.reconnect_min * 5)
+            self.redis, keys, counters=counters, restart_delay=lambda: self.settings.reconnect_min * 5,
+            seal=sealer.seal if sealer.enabled else (lambda spec: spec), open_spec=sealer.open)
         # the blocking pops' socket timeouts outlast the block: redis-py raises TimeoutError otherwise
         self.incoming = IncomingDispatcher(
             link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0),

@@ -105,7 +105,7 @@ class Settings:
     #: host:port of `greenroom web`, the dashboard (binds loopback by default)
     web_addr: str = "127.0.0.1:9479"
     #: the token the dashboard asks for before any action (join, part, requeue, purge); empty: read-only
-    web_token: str = ""
+    web_token: str = field(default="", repr=False)
     # ---- ops: secrets at rest (frontend/sealing.py) and the dashboard (frontend/web/dashboard.py) ----
     #: Fernet keys that seal the secrets of room specs in `rooms`, comma-separated, newest first (the
     #: first seals, any opens); set it in the environment (GREENROOM_SECRETS_KEYS), it is never logged.

@@ -29,7 +29,7 @@ import gevent.lock
 from . import placement, protocol
 from .config import Settings
 from .counters import Counters
-from .errors import ProtocolError
+from .errors import GreenroomError, ProtocolError
 from .inflight import GAP_TIMEOUT, InflightLedger
 from .logs import Throttle
 from .outgoing import OutgoingDispatcher
@@ -196,6 +196,11 @@ class IncomingDispatcher(Service):
         room = registry.get(command.room)
         if command.type == "join":
             assert command.spec is not None and command.spec_json is not None
+            try:
+                command.spec, command.spec_json = registry.plain(command.spec, command.spec_json)
+            except (ProtocolError, GreenroomError) as exc:
+                self.reject(command.raw, command.seq, "bad_command", f"spec: {exc}"[:300], command)
+                return
             if room is None:
                 registry.add(command.room, command.spec, command.spec_json)
                 self._ledger.ack(command.seq)  # written after the registry entry, in the same batch

@@ -9,6 +9,7 @@ interval with a count. Room-scoped lines start with ``room <id>:``.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -16,10 +17,15 @@ import time
 import weakref
 from typing import Any
 
-import ujson
-
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def escape_json(text: str) -> str:
+    """JSON text with DEL, C1 controls, U+2028/U+2029 and lone surrogates written as ``\\u`` escapes
+    (JSON already escapes C0): the same string once decoded, and safe to show in a terminal."""
+    return _JSON_UNSAFE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -59,11 +65,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        # ujson escapes C0 controls; escape the rest too, so the line reads safely in a terminal
-        try:
-            return escape_controls(ujson.dumps(entry, ensure_ascii=False))
-        except (UnicodeEncodeError, OverflowError, TypeError, ValueError):  # a lone surrogate, say
-            return ujson.dumps({k: ascii(v) if isinstance(v, str) else v for k, v in entry.items()})
+        # JSON escapes C0 controls; the rest too, so the line stays valid JSON and reads safely
+        return escape_json(json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str))
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:

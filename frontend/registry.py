@@ -103,6 +103,12 @@ class RoomRegistry:
             self.record(room_id, spec_json)
         return room
 
+    def plain(self, spec: Spec, spec_json: dict) -> tuple[Spec, dict]:
+        """A join's spec with sealed secrets opened (a backend may re-join with a spec it read from
+        ``rooms``); raises ``SealError`` when no configured key opens them."""
+        opened = self._open(spec_json)
+        return (spec, spec_json) if opened == spec_json else (parse_spec(opened), opened)
+
     def record(self, room_id: str, spec_json: dict | None) -> None:
         """Write (or with None remove) a room's entry in ``rooms``, its secrets sealed."""
         self._ctx.outbox.registry(room_id, None if spec_json is None else self._seal(spec_json))

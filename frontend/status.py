@@ -20,8 +20,8 @@ from typing import Any
 import redis
 
 from .errors import ProtocolError
-from .keys import Keys
-from .logs import escape_controls
+from .keys import Keys, glob_escape
+from .logs import escape_controls, escape_json
 from .protocol import SECRET_FIELDS, decode
 from .sealing import is_sealed
 
@@ -33,7 +33,6 @@ MASK = "***"
 _MAX_DEPTH = 32
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # in JSON text these only occur inside strings, where a \u escape means the same character
-_JSON_UNSAFE = re.compile(r"[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 # ------------------------------------------------------------------------------- hostile values
@@ -65,8 +64,7 @@ def terminal(value: Any) -> str:
 def terminal_json(obj: Any) -> str:
     """Compact JSON safe for a terminal: C0 controls are escaped by JSON itself; DEL, C1 controls,
     U+2028/U+2029 and lone surrogates become ``\\u`` escapes too (the same string once decoded)."""
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
-    return _JSON_UNSAFE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
+    return escape_json(json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str))
 
 
 def _str(value: Any) -> str | None:
@@ -173,9 +171,13 @@ def list_lengths(client: redis.Redis, keys: Keys) -> dict[str, int]:
     for name in names:
         pipe.llen(keys.key(name))
     lengths = {name: n if isinstance(n, int) else 0 for name, n in zip(names, pipe.execute(raise_on_error=False))}
+    # held in flight: the ledgers (hashes) and landing lists, and legacy in-flight lists
     pipe = client.pipeline(transaction=False)
-    for key in client.scan_iter(match=keys.inflight("*"), count=500):
-        pipe.llen(key)
+    for key in client.scan_iter(match=glob_escape(keys.ledger("")) + "*", count=500):
+        pipe.hlen(key)
+    for pattern in (keys.landing(""), keys.inflight(""), keys.inbox("")):
+        for key in client.scan_iter(match=glob_escape(pattern) + "*", count=500):
+            pipe.llen(key)
     lengths["inflight"] = sum(n for n in pipe.execute(raise_on_error=False) if isinstance(n, int))
     return lengths
 
