@@ -125,7 +125,8 @@ class Frontend:
             deliver=self.incoming.deliver, adopt=self.incoming.adopt)
         self.gate = SpeakGate()
         self.lease = LeaseKeeper(self.redis, keys, fid, settings=lambda: self.settings, gate=self.gate,
-                                 counters=counters, on_lost=self._lost, on_drain=self._drain)
+                                 counters=counters, on_lost=self._lost, on_drain=self._drain,
+                                 housekeeping=self.registry.forget_placements)
         self.heartbeat = Heartbeat(self.redis, keys.heartbeat(fid), settings.heartbeat_interval,
                                    self.snapshot, after_beat=flush_throttles)
         self.recovery = Recovery(self.redis, keys, self.ledger, control=keys.control,

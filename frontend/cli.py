@@ -20,6 +20,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import getpass  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
 
@@ -62,6 +63,15 @@ def _secret(env_name: str, prompt: str) -> str:
     return getpass.getpass(prompt)
 
 
+def worker_count(value: str) -> int:
+    from .workers import worker_count as count
+
+    try:
+        return count(value)
+    except ValueError as exc:
+        raise ConfigError(f"--workers: {exc}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -72,6 +82,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
+    workers = worker_count(args.workers) if args.workers else 1
+    if workers > 1 and not os.environ.get("GREENROOM_WORKER"):
+        from .workers import WorkerSupervisor
+
+        base = args.frontend_id or os.environ.get("GREENROOM_FRONTEND_ID") or socket.gethostname()
+        passed = [f"--{name.replace('_', '-')}={value}" for name, value in (
+            ("config", args.config), ("redis_url", args.redis_url), ("key_prefix", args.key_prefix),
+            ("log_level", args.log_level), ("log_format", args.log_format)) if value]
+        return WorkerSupervisor(settings, workers, passed, base_id=base).run()
     asyncio.set_event_loop_policy(asyncio_gevent.EventLoopPolicy())
     frontend = Frontend(settings)
     frontend.config_loader = lambda: _settings(args)  # SIGHUP re-reads the same file, env and flags
@@ -210,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"])
     run.add_argument("--metrics-addr", help="host:port for /metrics, /healthz, /readyz ('' = off; "
                                             "default 127.0.0.1:9478)")
+    run.add_argument("--workers", default=os.environ.get("GREENROOM_WORKERS"),
+                     help="N frontend processes under one supervisor, or 'auto' (one per core); default 1. "
+                          "Worker ids are <frontend-id or host>:w<i>; one metrics address for all")
     run.set_defaults(func=cmd_run)
 
     join = sub.add_parser("join", parents=[common], help="join a room (pushes a join command)")

@@ -33,6 +33,9 @@ from .service import Service
 
 log = logging.getLogger(__name__)
 
+#: the housekeeping (dropping the placements of parted rooms) runs every this many renewals
+HOUSEKEEPING_EVERY = 10
+
 
 class SpeakGate:
     """Open while this frontend may speak in its rooms. Writers check ``open``; they wait on
@@ -63,7 +66,7 @@ class LeaseKeeper(Service):
 
     def __init__(self, client: redis.Redis, keys: Keys, frontend_id: str, *, settings: Callable[[], Settings],
                  gate: SpeakGate, counters: Counters, on_lost: Callable[[str], None],
-                 on_drain: Callable[[], None]) -> None:
+                 on_drain: Callable[[], None], housekeeping: Callable[[], Any] = lambda: None) -> None:
         super().__init__()
         self._client = client
         self._keys = keys
@@ -73,6 +76,8 @@ class LeaseKeeper(Service):
         self._counters = counters
         self._on_lost = on_lost
         self._on_drain = on_drain
+        self._housekeeping = housekeeping
+        self._beats = 0
         self._renew = scripts.load("lease").register(client)
         self._takeover = scripts.load("takeover").register(client)
         self._throttle = Throttle(log, counter=counters)
@@ -154,6 +159,9 @@ class LeaseKeeper(Service):
         try:
             self.renew()
             self.take_over_expired()
+            self._beats += 1
+            if self._beats % HOUSEKEEPING_EVERY == 0:
+                self._housekeeping()
         except REDIS_ANY as exc:
             self._throttle.warning("renew", "lease not renewed: %s", exc)
         self.stopping.wait(self.interval)

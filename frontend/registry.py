@@ -65,6 +65,9 @@ class RoomRegistry:
         self._client = client
         self._keys = keys
         self._move_finish = scripts.load("move_finish").register(client)
+        self._forget_rooms = scripts.load("forget_rooms").register(client)
+        #: rooms parted here whose placement (``rooms:holder``) is still ours, to be dropped
+        self.parted: set[str] = set()
         self._counters = counters
         self._restart_delay = restart_delay
         self._seal, self._open = seal, open_spec
@@ -117,6 +120,24 @@ class RoomRegistry:
         """The room was parted: out of the map and out of ``rooms``."""
         self.rooms.pop(room_id, None)
         self.record(room_id, None)
+        self.parted.add(room_id)
+
+    def forget_placements(self, most: int = 20_000) -> int:
+        """Drop the placements of rooms parted here, once no command of theirs waits for us
+        (forget_rooms.lua; run now and then by the lease keeper). Returns how many were settled."""
+        rooms = sorted(r for r in self.parted if r not in self.rooms)
+        self.parted -= self.parted - set(rooms)  # rejoined meanwhile: theirs again
+        if not rooms:
+            return 0
+        chunk = rooms[:500]
+        kept = self._forget_rooms(keys=[self._keys.leases],
+                                  args=[self._keys.prefix, self._ctx.frontend_id, most, *chunk])
+        if kept and kept[0] == -1:
+            return 0  # too busy to look: next time
+        kept_ids = {r.decode("utf-8", "replace") if isinstance(r, bytes) else r for r in kept}
+        done = set(chunk) - kept_ids  # forgotten, or held by another now: not ours to drop either way
+        self.parted -= done
+        return len(done)
 
     def drop(self, room_id: str) -> None:
         """Another frontend holds this room now (our lease had lapsed): end it here without a word.

@@ -1,13 +1,14 @@
 --!include placement
 -- A frontend drops the placement of rooms it parted (they are no longer in `rooms`): only when no
--- command of theirs waits in its inbox or landing list (it checks its ledger itself), so a `join`
--- routed to it after the `part` is never separated from its room.
--- KEYS[1] fleet:leases. ARGV[1] prefix, ARGV[2] me, ARGV[3] the most inbox items to look at,
--- then the rooms. Returns how many were forgotten, or -1 when the inbox was too long to look.
+-- command of theirs waits in its inbox, landing list or ledger, so a `join` routed to it after the
+-- `part` is never separated from its room.
+-- KEYS[1] fleet:leases. ARGV[1] prefix, ARGV[2] me, ARGV[3] the most items to look at (inbox and
+-- ledger), then the rooms. Returns the rooms kept because commands of theirs wait (the caller asks
+-- again later), or -1 when there was too much to look at.
 local me = ARGV[2]
 local pending = {}
 local inbox = k_inbox(me)
-if redis.call('LLEN', inbox) > tonumber(ARGV[3]) then return -1 end
+if redis.call('LLEN', inbox) + redis.call('HLEN', k_ledger(me)) > tonumber(ARGV[3]) then return {-1} end
 local function note(stored)
   local item = unwrap(stored)
   if not item then
@@ -19,15 +20,16 @@ local function note(stored)
 end
 for _, v in ipairs(redis.call('LRANGE', inbox, 0, -1)) do note(v) end
 for _, v in ipairs(redis.call('LRANGE', k_landing(me), 0, -1)) do note(v) end
-local n = 0
+for _, v in ipairs(redis.call('HVALS', k_ledger(me))) do note(v) end
+local kept = {}
 for i = 4, #ARGV do
   local room = ARGV[i]
-  if not pending[room] and redis.call('HEXISTS', K_ROOMS, room) == 0
-      and redis.call('HGET', K_HOLDER, room) == me then
+  if pending[room] then
+    kept[#kept + 1] = room
+  elseif redis.call('HEXISTS', K_ROOMS, room) == 0 and redis.call('HGET', K_HOLDER, room) == me then
     redis.call('HDEL', K_HOLDER, room)
     redis.call('HDEL', K_SHAREKEY, room)
     redis.call('SREM', k_held(me), room)
-    n = n + 1
   end
 end
-return n
+return kept
