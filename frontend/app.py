@@ -59,6 +59,7 @@ from .router import Router
 from .sealing import sealer_from_settings
 from .service import Supervisor
 from .sessions import SessionPool
+from .tenants import TenantTable
 from .systemd import Watchdog, notify
 
 log = logging.getLogger(__name__)
@@ -107,26 +108,27 @@ class Frontend:
         self.outbox = OutgoingDispatcher(DirectLink(settings), settings, keys, self.ledger, counters)
         self.sessions = SessionPool(settings, {"irc": IrcConnection, "xmpp": _xmpp_factory},
                                     counters=counters, pace_events=self.outbox.wait_for_room)
+        self.tenants = TenantTable(self.redis, keys)
         sealer = sealer_from_settings(settings)  # raises ConfigError for a bad key (never shown)
         self.registry = RoomRegistry(
             RoomContext(outbox=self.outbox, ledger=self.ledger, sessions=self.sessions, counters=counters,
                         keys=keys, frontend_id=fid, settings=lambda: self.settings,
-                        throttle=Throttle(logging.getLogger("frontend.room"), counter=counters)),
+                        throttle=Throttle(logging.getLogger("frontend.room"), counter=counters),
+                        tenants=self.tenants),
             self.redis, keys, counters=counters, restart_delay=lambda: self.settings.reconnect_min * 5,
             seal=sealer.seal if sealer.enabled else (lambda spec: spec), open_spec=sealer.open)
         # the blocking pops' socket timeouts outlast the block: redis-py raises TimeoutError otherwise
         self.incoming = IncomingDispatcher(
             link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0),
             ledger=self.ledger, registry=self.registry, outbox=self.outbox,
-            counters=counters, settings=settings, frontend_id=fid)
-        self.router = Router(
-            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0), keys=keys,
-            ledger=self.ledger, frontend_id=fid, settings=settings, counters=counters,
-            deliver=self.incoming.deliver, adopt=self.incoming.adopt)
+            counters=counters, settings=settings, frontend_id=fid, keys=keys, tenants=self.tenants)
+        self.router = self._router()
+        #: one router more per scoped tenant, for its own intake (``sync_tenants``)
+        self.tenant_routers: dict[str, Router] = {}
         self.gate = SpeakGate()
         self.lease = LeaseKeeper(self.redis, keys, fid, settings=lambda: self.settings, gate=self.gate,
                                  counters=counters, on_lost=self._lost, on_drain=self._drain,
-                                 housekeeping=self.registry.forget_placements)
+                                 housekeeping=self._housekeeping)
         self.heartbeat = Heartbeat(self.redis, keys.heartbeat(fid), settings.heartbeat_interval,
                                    self.snapshot, after_beat=flush_throttles)
         self.recovery = Recovery(self.redis, keys, self.ledger, control=keys.control,
@@ -139,6 +141,7 @@ class Frontend:
         self._adopt = scripts.load("adopt").register(self.redis)
         self._release = scripts.load("release").register(self.redis)
         self._draining: gevent.Greenlet | None = None
+        self._beats = 0
         self.metrics = MetricsServer(
             build_registry(FrontendCollector(counters, self.metrics_view)),
             Health(settings=lambda: self.settings, redis_age=self.redis_age, down=self.supervisor.down,
@@ -148,6 +151,35 @@ class Frontend:
         self._stopped = gevent.event.Event()
         self._stopping = False
         self._starter: gevent.Greenlet | None = None
+
+    def _router(self, tenant: str | None = None) -> Router:
+        settings = self.settings
+        return Router(link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0),
+                      keys=self.keys, ledger=self.ledger, frontend_id=settings.frontend_id, settings=settings,
+                      counters=self.counters, deliver=self.incoming.deliver, adopt=self.incoming.adopt,
+                      tenant=tenant)
+
+    def sync_tenants(self) -> None:
+        """The tenant registry changed: a router for every scoped tenant's intake, and no other."""
+        wanted = set(self.tenants.scoped())
+        for name in sorted(set(self.tenant_routers) - wanted):
+            router = self.tenant_routers.pop(name)
+            self.supervisor.remove(router)
+            log.info("tenant %s: no longer scoped, its intake is not read any more", name)
+        for name in sorted(wanted - set(self.tenant_routers)):
+            router = self.tenant_routers[name] = self._router(name)
+            self.supervisor.add(router)
+            if self.registry.loaded and not self._stopping:
+                self.supervisor.start([router])
+            log.info("tenant %s: reading its own intake %s", name, self.keys.tenant_control(name))
+
+    def _housekeeping(self) -> None:
+        """After every lease renewal: a changed tenant registry; now and then, parted placements."""
+        if self.tenants.refresh():
+            self.sync_tenants()
+        self._beats += 1
+        if self._beats % 10 == 0:
+            self.registry.forget_placements()
 
     @property
     def rooms(self) -> RoomRegistry:
@@ -212,8 +244,9 @@ class Frontend:
             self.registry.add(room_id, spec, spec_json, record=False)
         if specs:
             log.info("restored %d rooms from the registry (the ones this frontend holds)", len(specs))
+        self.registry.count_held()
         self.registry.loaded = True
-        self.supervisor.start([self.incoming, self.router])
+        self.supervisor.start([self.incoming, self.router, *self.tenant_routers.values()])
         log.info("frontend %s running", self.settings.frontend_id)
         notify("READY=1")
         self.supervisor.start([self.watchdog])
@@ -231,6 +264,8 @@ class Frontend:
     def _prepare(self) -> dict[str, tuple[Spec, dict]]:
         """Everything at start that needs Redis; returns the rooms this frontend holds."""
         self.ledger.start()
+        self.tenants.refresh()
+        self.sync_tenants()
         self.lease.renew()  # alive before anything is routed or taken, so nobody takes us over
         self.heartbeat.beat()
         self.recovery.scan_once()
@@ -271,16 +306,17 @@ class Frontend:
 
     def _hand_over_while_running(self) -> None:
         log.info("draining: handing %d rooms to other frontends", len(self.registry))
-        self.supervisor.stop([self.router, self.incoming])
+        routers = [self.router, *self.tenant_routers.values()]
+        self.supervisor.stop([*routers, self.incoming])
         self.registry.leave_all("moving to another frontend", timeout=self.settings.shutdown_timeout)
         self.outbox.wake.set()
         deadline = time.monotonic() + self.settings.shutdown_timeout
         while self.outbox.pending and time.monotonic() < deadline:
             gevent.sleep(0.05)  # the acks of what the rooms sent, before the rest is handed over
         self.hand_over(end_lease=False)
-        for service in (self.incoming, self.router):
+        for service in (self.incoming, *routers):
             service.reset()
-        self.supervisor.start([self.incoming, self.router])
+        self.supervisor.start([self.incoming, *routers])
 
     def hand_over(self, *, end_lease: bool) -> None:
         """Every room this frontend holds goes to a live peer, with what it still holds in flight."""
@@ -308,7 +344,7 @@ class Frontend:
         if self._starter is not None and not self._starter.dead:
             self._starter.kill()  # still waiting for Redis at start-up
         log.info("stopping: no more commands from %s", self.keys.control)
-        self.supervisor.stop([self.router, self.incoming, self.recovery])
+        self.supervisor.stop([self.router, *self.tenant_routers.values(), self.incoming, self.recovery])
         log.info("stopping: %d rooms finish what they accepted", len(self.registry))
         self.registry.shutdown(timeout=min(1.0, left()))
         log.info("stopping: %d chat sessions send their queues and quit", len(self.sessions))

@@ -42,6 +42,8 @@ class Settings:
     lease_margin: float = 1.5
     #: this frontend's capacity relative to the others: new rooms go where rooms/weight is lowest
     weight: float = 1.0
+    #: a room's `tenant` must name a tenant of the registry (`greenroom tenant add`); off: a free label
+    require_tenants: bool = False
     #: when an IRC line counts as delivered where the server lacks echo-message: "pong" (a PING
     #: written after it was answered: nothing lost if the process or link dies; one PING per batch)
     #: or "write" (once written to the socket: cheaper, loses what sat in socket buffers)

@@ -21,6 +21,7 @@ and an unexpected error handling one item dead-letters that item and goes on.
 from __future__ import annotations
 
 import logging
+import dataclasses
 from typing import Any
 
 import gevent
@@ -36,7 +37,9 @@ from .outgoing import OutgoingDispatcher
 from .pacing import Backoff
 from .protocol import Command, decode, parse_command
 from .redis_conn import REDIS_ANY, REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, DirectLink
+from .keys import Keys
 from .registry import RoomRegistry
+from .tenants import TenantTable
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,12 @@ class IncomingDispatcher(Service):
     name = "incoming"
 
     def __init__(self, *, link: DirectLink, ledger: InflightLedger, registry: RoomRegistry,
-                 outbox: OutgoingDispatcher, counters: Counters, settings: Settings,
-                 frontend_id: str) -> None:
+                 outbox: OutgoingDispatcher, counters: Counters, settings: Settings, frontend_id: str,
+                 keys: Keys, tenants: TenantTable) -> None:
         super().__init__()
         self._link = link
+        self._keys = keys
+        self._tenants = tenants
         self._ledger = ledger
         self._registry = registry
         self._outbox = outbox
@@ -141,9 +146,9 @@ class IncomingDispatcher(Service):
 
     def _handle_all(self, taken: list[tuple[int, bytes]]) -> None:
         for seq, stored in taken:
-            kind, payload = placement.decode_stored(stored)
+            kind, payload, tenant = placement.decode_stored(stored)
             if kind == placement.PUBLIC:
-                self.handle(payload, seq)
+                self.handle(payload, seq, tenant)
             else:
                 self._marker(kind, payload.decode("utf-8", "replace"), seq)
 
@@ -166,26 +171,29 @@ class IncomingDispatcher(Service):
         self._ledger.ack(seq)
 
     # -------------------------------------------------------------------------------- routing
-    def handle(self, raw: bytes, seq: int = 0) -> None:
-        """Validate and route one item; a bad one is dead-lettered, never raised."""
+    def handle(self, raw: bytes, seq: int = 0, source: str | None = None) -> None:
+        """Validate and route one item; a bad one is dead-lettered, never raised. ``source``: the
+        scoped tenant whose own intake it came through (its tag is written only by scripts)."""
         self._counters["commands_received"] += 1
         settings = self._settings
         if len(raw) > settings.max_item_bytes:
             self.reject(raw, seq, "bad_command",
-                        f"the item is {len(raw)} bytes, the limit is {settings.max_item_bytes}")
+                        f"the item is {len(raw)} bytes, the limit is {settings.max_item_bytes}", source=source)
             return
         try:
             command = parse_command(raw, max_text_bytes=settings.max_text_bytes)
         except ProtocolError as exc:
-            self.reject(raw, seq, exc.code, exc.detail)
+            self.reject(raw, seq, exc.code, exc.detail, source=source)
             return
         except Exception as exc:  # a validator bug must never stop the dispatcher: dead-letter the item
             log.exception("validating a command failed unexpectedly")
-            self.reject(raw, seq, "bad_command", f"could not be validated: {exc!r}"[:300])
+            self.reject(raw, seq, "bad_command", f"could not be validated: {exc!r}"[:300], source=source)
             return
-        command.seq = seq
+        command.seq, command.source = seq, source
         try:
             self._route(command)
+        except ProtocolError as exc:
+            self.reject(command.raw, seq, exc.code, exc.detail, command)
         except Exception as exc:  # a routing bug: the item is set aside, the loop goes on
             log.exception("room %s: routing a %s command failed unexpectedly", command.room, command.type)
             self.reject(raw, seq, "bad_command", f"could not be routed: {exc!r}"[:300], command)
@@ -194,14 +202,25 @@ class IncomingDispatcher(Service):
     def _route(self, command: Command) -> None:
         registry = self._registry
         room = registry.get(command.room)
+        source = command.source
+        if room is not None and source is not None and room.spec.tenant != source:
+            raise ProtocolError("forbidden", f"room {command.room!r} is not a room of tenant {source!r}")
         if command.type == "join":
             assert command.spec is not None and command.spec_json is not None
             try:
                 command.spec, command.spec_json = registry.plain(command.spec, command.spec_json)
-            except (ProtocolError, GreenroomError) as exc:
-                self.reject(command.raw, command.seq, "bad_command", f"spec: {exc}"[:300], command)
-                return
+            except GreenroomError as exc:
+                raise ProtocolError("bad_command", f"spec: {exc}"[:300]) from None
+            tenant = self._tenants.check_join(command.spec.tenant, source=source,
+                                              require=self._settings.require_tenants)
+            if tenant != command.spec.tenant:
+                command.spec = dataclasses.replace(command.spec, tenant=tenant)
+                command.spec_json = {**command.spec_json, "tenant": tenant}
             if room is None:
+                if not registry.count_new_room(command.room, tenant):
+                    registry.parted.add(command.room)  # the router placed it here: drop that again
+                    raise ProtocolError("quota_exceeded", f"tenant {tenant!r} has its max_rooms "
+                                                          f"({self._tenants.get(tenant).max_rooms}) already")
                 registry.add(command.room, command.spec, command.spec_json)
                 self._ledger.ack(command.seq)  # written after the registry entry, in the same batch
             else:
@@ -209,9 +228,7 @@ class IncomingDispatcher(Service):
                     registry.record(command.room, command.spec_json)
                 room.submit(command)
         elif room is None:
-            self.reject(command.raw, command.seq, "unknown_room",
-                        f"no room {command.room!r} on this frontend", command)
-            return
+            raise ProtocolError("unknown_room", f"no room {command.room!r} is held here")
         elif command.type == "part":
             registry.forget(command.room)
             room.submit(command)
@@ -219,18 +236,29 @@ class IncomingDispatcher(Service):
             room.submit(command)
         self._counters["commands_applied"] += 1
 
-    def reject(self, raw: bytes, seq: int, code: str, detail: str, command: Command | None = None) -> None:
-        """Dead-letter the item with its reason, acknowledge it, and tell the room when it is ours."""
+    def reject(self, raw: bytes, seq: int, code: str, detail: str, command: Command | None = None, *,
+               source: str | None = None) -> None:
+        """Dead-letter the item with its reason, acknowledge it, and say so where its sender reads: the
+        room's events when the room is ours (and its sender's), else a scoped tenant's own lists."""
+        source = command.source if command is not None else source
         self._counters["commands_dead"] += 1
         self._counters["commands_dead:" + code] += 1
-        self._outbox.dead_letter(protocol.dead_letter(raw, code, detail, self._frontend_id))
+        item = protocol.dead_letter(raw, code, detail, self._frontend_id)
+        self._outbox.dead_letter(item, self._keys.tenant_dead(source) if source else None)
         self._ledger.ack(seq)
         room_id, cmd_id = _best_effort_ids(raw, command, self._settings.max_item_bytes)
         room = self._registry.get(room_id) if isinstance(room_id, str) else None
-        self._throttle.warning(code, "rejected a command%s: %s: %s",
-                               f" for room {room_id}" if isinstance(room_id, str) else "", code, detail)
-        if room is not None:
+        self._throttle.warning(code, "rejected a command%s%s: %s: %s",
+                               f" for room {room_id}" if isinstance(room_id, str) else "",
+                               f" from tenant {source}" if source else "", code, detail)
+        if room is not None and (source is None or room.spec.tenant == source):
             room.emit("error", code=code, detail=detail, cmd_id=cmd_id)
+        elif isinstance(room_id, str) and protocol.encodable(room_id) and (source or code == "quota_exceeded"):
+            spec = command.spec if command is not None else None
+            tenant = source or (spec.tenant if spec is not None else None)
+            key = self._tenants.events_key(tenant, spec.events if spec is not None else None)
+            self._outbox.event(key, protocol.event("error", room_id, spec.protocol if spec else "", tenant,
+                                                   code=code, detail=detail, cmd_id=cmd_id))
 
 
 def _best_effort_ids(raw: bytes, command: Command | None, limit: int) -> tuple[Any, Any]:

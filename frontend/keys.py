@@ -128,6 +128,35 @@ class Keys:
         """Set when another frontend took this one's rooms over (its lease had expired)."""
         return f"{self.prefix}fleet:taken:{frontend_id}"
 
+    # ------------------------------------------------------------------------------------ tenants
+    @property
+    def tenants(self) -> str:
+        """Hash tenant name -> its limits (JSON): the tenant registry."""
+        return self.prefix + "tenants"
+
+    @property
+    def tenants_version(self) -> str:
+        """Bumped at every change of the registry: frontends re-read it when it moves."""
+        return self.prefix + "tenants:version"
+
+    def tenant(self, name: str) -> str:
+        """The prefix of a scoped tenant's own keys (its ACL user may touch only these)."""
+        return f"{self.prefix}tenant:{name}:"
+
+    def tenant_control(self, name: str) -> str:
+        return self.tenant(name) + "control"
+
+    def tenant_routing(self, name: str) -> str:
+        return self.tenant(name) + "control:routing"
+
+    def tenant_dead(self, name: str) -> str:
+        """Commands of a tenant's own intake that were refused."""
+        return self.tenant(name) + "control:dead"
+
+    def tenant_rooms(self, name: str) -> str:
+        """Set of a registered tenant's rooms, over every frontend (its ``max_rooms``)."""
+        return self.tenant(name) + "rooms"
+
     def events(self, name: str = EVENTS_DEFAULT) -> "EventKeys":
         """The keys of the events list ``name`` (``messages`` or ``messages.<name>``)."""
         return EventKeys(self.prefix, name)

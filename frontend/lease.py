@@ -33,9 +33,6 @@ from .service import Service
 
 log = logging.getLogger(__name__)
 
-#: the housekeeping (dropping the placements of parted rooms) runs every this many renewals
-HOUSEKEEPING_EVERY = 10
-
 
 class SpeakGate:
     """Open while this frontend may speak in its rooms. Writers check ``open``; they wait on
@@ -76,8 +73,7 @@ class LeaseKeeper(Service):
         self._counters = counters
         self._on_lost = on_lost
         self._on_drain = on_drain
-        self._housekeeping = housekeeping
-        self._beats = 0
+        self._housekeeping = housekeeping  # after every renewal (the wiring decides what is due)
         self._renew = scripts.load("lease").register(client)
         self._takeover = scripts.load("takeover").register(client)
         self._throttle = Throttle(log, counter=counters)
@@ -159,9 +155,7 @@ class LeaseKeeper(Service):
         try:
             self.renew()
             self.take_over_expired()
-            self._beats += 1
-            if self._beats % HOUSEKEEPING_EVERY == 0:
-                self._housekeeping()
+            self._housekeeping()
         except REDIS_ANY as exc:
             self._throttle.warning("renew", "lease not renewed: %s", exc)
         self.stopping.wait(self.interval)

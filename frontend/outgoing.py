@@ -56,7 +56,7 @@ class OutgoingDispatcher(Service):
         self._ledger = ledger
         self._counters = counters
         self._events: deque[tuple[str, bytes, float]] = deque()  # list, payload, time queued
-        self._dead: list[bytes] = []
+        self._dead: list[tuple[str, bytes]] = []  # (dead-letter list, item)
         self._states: dict[str, bytes | None] = {}
         self._registry: dict[str, bytes | None] = {}
         #: items Redis refused (per list key): retried after a backoff, never with the whole batch
@@ -110,9 +110,10 @@ class OutgoingDispatcher(Service):
             self.wake.set()
             self._space.wait(1.0)
 
-    def dead_letter(self, item: bytes) -> None:
-        """Push a dead letter (``protocol.dead_letter``) to ``control:dead``."""
-        self._dead.append(item)
+    def dead_letter(self, item: bytes, key: str | None = None) -> None:
+        """Push a dead letter (``protocol.dead_letter``) to ``control:dead`` (or ``key``: a scoped
+        tenant's own ``tenant:<name>:control:dead``)."""
+        self._dead.append((key or self._keys.dead, item))
         self.wake.set()
 
     def state(self, room_id: str, state: dict[str, Any] | None) -> None:
@@ -235,7 +236,7 @@ class OutgoingDispatcher(Service):
         if acks:
             self._ledger.written(acks)
 
-    def _commands(self, batch: list[tuple[str, bytes, float]], acks: list[int], dead: list[bytes],
+    def _commands(self, batch: list[tuple[str, bytes, float]], acks: list[int], dead: list[tuple[str, bytes]],
                   states: dict[str, bytes | None], registry: dict[str, bytes | None],
                   retry: dict[str, deque[bytes]]) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, list[bytes]]]]:
         """The batch's commands, each with what it carries (kind, key, list items), so a reply that
@@ -245,8 +246,8 @@ class OutgoingDispatcher(Service):
             by_list.setdefault(key, []).extend(items)
         for key, payload, _ in batch:
             by_list.setdefault(key, []).append(payload)
-        if dead:
-            by_list.setdefault(self._keys.dead, []).extend(dead)
+        for key, item in dead:
+            by_list.setdefault(key, []).append(item)
         commands: list[tuple[Any, ...]] = []
         plan: list[tuple[str, str, list[bytes]]] = []
         for key, payloads in by_list.items():

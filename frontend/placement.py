@@ -5,9 +5,9 @@
   computes it here for the rooms of the registry (whose secrets Lua cannot open). Both must agree:
   ``tests/unit/test_placement.py`` runs the Lua one on a real Redis against this one.
 - ``decode_stored(value)``: what a value of an inbox or a ledger is. Scripts write them: a public item
-  as it was popped (with ``\\0\\0`` in front when it starts with NUL), or an internal marker
-  ``\\0!<verb>\\0<room>`` (``take``: start holding this room; ``release``: leave it, it moves). No item
-  pushed to ``control`` can pass for a marker.
+  as it was popped (with ``\\0\\0`` in front when it starts with NUL), a scoped tenant's item as
+  ``\\0@<tenant>\\0<item>``, or an internal marker ``\\0!<verb>\\0<room>`` (``take``: start holding
+  this room; ``release``: leave it, it moves). No item pushed to an intake can pass for another kind.
 """
 
 from __future__ import annotations
@@ -64,11 +64,15 @@ def share_key(spec: Any) -> str:
 PUBLIC, TAKE, RELEASE = "public", "take", "release"
 
 
-def decode_stored(value: bytes) -> tuple[str, bytes]:
-    """``(PUBLIC, item)`` or ``(verb, room as bytes)`` for an internal marker."""
+def decode_stored(value: bytes) -> tuple[str, bytes, str | None]:
+    """``(PUBLIC, item, tenant)`` for a command (``tenant``: the scoped tenant whose own intake it came
+    through, else None), or ``(verb, room as bytes, None)`` for an internal marker."""
     if value.startswith(b"\0!"):
         verb, _, room = value[2:].partition(b"\0")
-        return verb.decode("ascii", "replace"), room
+        return verb.decode("ascii", "replace"), room, None
+    if value.startswith(b"\0@"):
+        tenant, _, item = value[2:].partition(b"\0")
+        return PUBLIC, item, tenant.decode("utf-8", "replace")
     if value.startswith(b"\0\0"):
-        return PUBLIC, value[2:]
-    return PUBLIC, value
+        return PUBLIC, value[2:], None
+    return PUBLIC, value, None

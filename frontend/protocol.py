@@ -310,6 +310,8 @@ class Command:
     raw: bytes = field(default=b"", repr=False, compare=False)
     #: its entry in the frontend's in-flight ledger (0: not taken from Redis)
     seq: int = 0
+    #: the scoped tenant whose own intake it came through (None: the public ``control``)
+    source: str | None = None
 
 
 def _check_id(obj: Mapping[str, Any]) -> str:

@@ -66,6 +66,7 @@ class RoomRegistry:
         self._keys = keys
         self._move_finish = scripts.load("move_finish").register(client)
         self._forget_rooms = scripts.load("forget_rooms").register(client)
+        self._tenant_join = scripts.load("tenant_join").register(client)
         #: rooms parted here whose placement (``rooms:holder``) is still ours, to be dropped
         self.parted: set[str] = set()
         self._counters = counters
@@ -117,10 +118,32 @@ class RoomRegistry:
         self._ctx.outbox.registry(room_id, None if spec_json is None else self._seal(spec_json))
 
     def forget(self, room_id: str) -> None:
-        """The room was parted: out of the map and out of ``rooms``."""
-        self.rooms.pop(room_id, None)
+        """The room was parted: out of the map and out of ``rooms`` (and its tenant's count)."""
+        room = self.rooms.pop(room_id, None)
         self.record(room_id, None)
         self.parted.add(room_id)
+        tenant = room.spec.tenant if room is not None else None
+        if self._ctx.tenants.get(tenant) is not None:
+            self._client.srem(self._keys.tenant_rooms(tenant), room_id)
+
+    def count_new_room(self, room_id: str, tenant: str | None) -> bool:
+        """A new room of a registered tenant counts towards its ``max_rooms`` (over every frontend,
+        atomically): False when the quota is used up. Rooms of other tenants always pass."""
+        found = self._ctx.tenants.get(tenant)
+        if found is None:
+            return True
+        limit = "" if found.max_rooms is None else str(found.max_rooms)
+        ok, _ = self._tenant_join(keys=[self._keys.tenant_rooms(found.name)], args=[room_id, limit])
+        return bool(int(ok))
+
+    def count_held(self) -> None:
+        """At start: the rooms held here are counted in their registered tenants' sets (rooms made
+        before their tenant was registered, or before tenants existed)."""
+        pipe = self._client.pipeline(transaction=False)
+        for room in self.rooms.values():
+            if self._ctx.tenants.get(room.spec.tenant) is not None:
+                pipe.sadd(self._keys.tenant_rooms(room.spec.tenant), room.id)
+        pipe.execute()
 
     def forget_placements(self, most: int = 20_000) -> int:
         """Drop the placements of rooms parted here, once no command of theirs waits for us

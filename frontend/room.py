@@ -37,6 +37,7 @@ from .protocol import Command, Spec
 if TYPE_CHECKING:
     from .outgoing import OutgoingDispatcher
     from .sessions import SessionPool
+    from .tenants import TenantTable
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class RoomContext:
     #: the current Settings (a reload swaps them)
     settings: Callable[[], Settings]
     throttle: Throttle
+    #: the tenant registry (where a scoped tenant's rooms write their events)
+    tenants: "TenantTable | None" = None
     #: the registry's: a room ended without a ``part`` (``"moved"``); set by the registry
     left: Callable[["Room", str], None] | None = None
 
@@ -88,6 +91,9 @@ class Room:
         return f"<Room {self.id} {self.state}>"
 
     def _events_key_for(self, spec: Spec) -> str:
+        tenants = self._ctx.tenants
+        if tenants is not None:
+            return tenants.events_key(spec.tenant, spec.events)
         return self._ctx.keys.key(spec.events) if spec.events else self._ctx.keys.messages
 
     # ------------------------------------------------------------------------- for the dispatcher

@@ -8,7 +8,8 @@ frontend straight into its ledger (behind what others routed there first), so on
 round trip more than before. Per-room order holds with any number of routers: ``control:routing`` is
 filled only at its tail with ``control``'s head, and emptied only from its head by one script at a
 time. What the router took for its own frontend is handed to the incoming dispatcher (``deliver``),
-which hands it to the rooms in sequence order.
+which hands it to the rooms in sequence order. A scoped tenant's own intake ``tenant:<name>:control``
+has a router of its own (``tenant=``): its items carry the tenant's tag, which only scripts write.
 """
 
 from __future__ import annotations
@@ -36,10 +37,16 @@ class Router(Service):
 
     def __init__(self, *, link: DirectLink, keys: Keys, ledger: InflightLedger, frontend_id: str,
                  settings: Settings, counters: Counters, deliver: Callable[[list[Any]], None],
-                 adopt: Callable[[], None]) -> None:
+                 adopt: Callable[[], None], tenant: str | None = None) -> None:
         super().__init__()
         self._link = link
         self._keys = keys
+        #: the scoped tenant whose own intake this router routes (None: the public ``control``)
+        self.tenant = tenant
+        self._source = keys.tenant_control(tenant) if tenant else keys.control
+        self._routing = keys.tenant_routing(tenant) if tenant else keys.routing
+        if tenant:
+            self.name = f"router:{tenant}"
         self._ledger = ledger
         self._frontend_id = frontend_id
         self._settings = settings
@@ -59,11 +66,11 @@ class Router(Service):
     def commands(self) -> list[tuple[Any, ...]]:
         settings, keys, ledger = self._settings, self._keys, self._ledger
         return [
-            ("BLMOVE", keys.control, keys.routing, "LEFT", "RIGHT", settings.control_block_timeout),
+            ("BLMOVE", self._source, self._routing, "LEFT", "RIGHT", settings.control_block_timeout),
             self._route.command(
-                [keys.control, keys.routing, ledger.inbox, ledger.landing, ledger.key, ledger.seq_key],
+                [self._source, self._routing, ledger.inbox, ledger.landing, ledger.key, ledger.seq_key],
                 [keys.prefix, self._frontend_id, settings.control_drain, settings.control_drain_bytes,
-                 settings.max_item_bytes, ledger.max_items]),
+                 settings.max_item_bytes, ledger.max_items, self.tenant or ""]),
         ]
 
     def step(self) -> None:
@@ -74,7 +81,7 @@ class Router(Service):
                 return
             self._counters["redis_reconnects:router"] += 1
             delay = self._backoff.next()
-            self._throttle.warning("redis", "routing %s failed (%s); retrying in %.2fs", self._keys.control,
+            self._throttle.warning("redis", "routing %s failed (%s); retrying in %.2fs", self._source,
                                    exc, delay)
             self.stopping.wait(delay)
             if not self.stopping.is_set():

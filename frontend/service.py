@@ -116,6 +116,12 @@ class Supervisor:
         self._backoffs[service.name] = Backoff(self._restart_min, self._restart_max)
         return service
 
+    def remove(self, service: Service, timeout: float = 1.0) -> None:
+        """Stop a service for good and forget it (a tenant's router, when the tenant goes)."""
+        service.stop(timeout)
+        if service in self._services:
+            self._services.remove(service)
+
     def __iter__(self) -> Any:
         return iter(list(self._services))
 

@@ -25,20 +25,29 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Items in inboxes and ledgers are written only by scripts. A public item keeps its bytes, unless it
--- starts with NUL: then it gets a second NUL in front, so that "\0!..." (an internal marker, written
--- only by scripts) can never be forged through `control`.
-local function wrap(item)
+-- Items in inboxes and ledgers ("stored" values) are written only by scripts:
+--   a public item (from `control`) keeps its bytes, unless it starts with NUL: then it gets a second
+--   NUL in front, so that nothing pushed to `control` can pass for one of the two below;
+--   an item of a tenant's own intake is "\0@<tenant>\0<item>": its holder knows whose it is;
+--   an internal marker is "\0!<verb>\0<room>" (take, release).
+local function wrap(item, tenant)
+  if tenant and tenant ~= '' then return '\0@' .. tenant .. '\0' .. item end
   if string.byte(item, 1) == 0 then return '\0\0' .. item end
   return item
 end
--- The public item inside a stored value, or nil for an internal marker.
+-- (item, tenant or nil) inside a stored value; item is nil for an internal marker.
 local function unwrap(stored)
-  if string.byte(stored, 1) ~= 0 then return stored end
-  if string.byte(stored, 2) == 0 then return string.sub(stored, 3) end
-  return nil
+  if string.byte(stored, 1) ~= 0 then return stored, nil end
+  local second = string.byte(stored, 2)
+  if second == 0 then return string.sub(stored, 3), nil end
+  if second == 64 then  -- '@'
+    local tenant, item = string.match(stored, '^%z@([^%z]*)%z(.*)$')
+    return item, tenant
+  end
+  return nil, nil
 end
 local function marker(verb, room) return '\0!' .. verb .. '\0' .. room end
+local function k_tenant_control(tenant) return P .. 'tenant:' .. tenant .. ':control' end
 
 local function alive(id, now)
   local expiry = redis.call('ZSCORE', K_LEASES, id)
@@ -145,14 +154,15 @@ local function assign(room, id, key)
   if key and key ~= '' then redis.call('HSET', K_SHAREKEY, room, key) end
 end
 
--- Route one public item (as popped from `control`): returns the list key it goes to (an inbox, or a
--- room's hold list while the room moves) and what to push there (the stored item, behind a `take`
--- when the room was just placed from the registry).
+-- Route one stored item: returns the list key it goes to (an inbox, or a room's hold list while the
+-- room moves), the stored item, and a `take` to push in front of it when the room was just placed
+-- from the registry.
 -- `me` routes it; items nobody can route (not JSON, no plausible room, too big) go to `me`, which
 -- refuses them with their reason. A command for a registered room that nobody holds places it, and its
 -- new holder gets `take` first. `memo` remembers holders within one run (a batch has many of a room).
-local function route_one(item, me, now, max_bytes, memo, moving)
-  local stored = wrap(item)
+local function route_one(stored, me, now, max_bytes, memo, moving)
+  local item = unwrap(stored)
+  if not item then return nil end  -- an internal marker: never routed
   if #item > max_bytes then return k_inbox(me), stored end
   local ok, obj = pcall(cjson.decode, item)
   if not ok or type(obj) ~= 'table' or not plausible_room(obj.room) then return k_inbox(me), stored end
@@ -185,7 +195,7 @@ local function push_all(key, values)
   end
 end
 
--- Every item of `items` (public, in order) to where it goes. With `direct` (a table), what goes to
+-- Every stored item of `items` (in order) to where it goes. With `direct` (a table), what goes to
 -- `me` is appended there instead of to its inbox, up to `room` items, for as long as nothing of `me`
 -- had to wait in its inbox (what waits there is older, and stays ahead).
 local function route_all(items, me, now, max_bytes, direct, room)
@@ -204,8 +214,10 @@ local function route_all(items, me, now, max_bytes, direct, room)
   end
   for _, item in ipairs(items) do
     local key, stored, first = route_one(item, me, now, max_bytes, memo, moving)
-    if first then add(key, first) end
-    add(key, stored)
+    if key then
+      if first then add(key, first) end
+      add(key, stored)
+    end
   end
   for _, key in ipairs(order) do push_all(key, batches[key]) end
 end
@@ -228,7 +240,7 @@ local function into_ledger(key, seq, values)
   return out
 end
 
--- What a frontend holds, as public items in the order they were taken: the in-flight list of a
+-- What a frontend holds, as stored items in the order they were taken: the in-flight list of a
 -- version before the ledger, its ledger by seq, its landing list, its inbox (internal markers are
 -- dropped: whoever takes its rooms over sends new ones).
 local function held_items(id)
@@ -238,13 +250,21 @@ local function held_items(id)
   table.sort(entries, function(a, b) return a[1] < b[1] end)
   local out = {}
   local function add(stored)
-    local item = unwrap(stored)
-    if item then out[#out + 1] = item end
+    if unwrap(stored) then out[#out + 1] = stored end
   end
-  for _, v in ipairs(redis.call('LRANGE', k_legacy(id), 0, -1)) do out[#out + 1] = v end
+  for _, v in ipairs(redis.call('LRANGE', k_legacy(id), 0, -1)) do out[#out + 1] = wrap(v) end
   for _, e in ipairs(entries) do add(e[2]) end
   for _, v in ipairs(redis.call('LRANGE', k_landing(id), 0, -1)) do add(v) end
   for _, v in ipairs(redis.call('LRANGE', k_inbox(id), 0, -1)) do add(v) end
   redis.call('DEL', k_legacy(id), k_ledger(id), k_landing(id), k_inbox(id))
   return out
+end
+
+-- Stored items back to the head of the intake each came from (`control`, or a tenant's own), in
+-- order: for items nobody can route now (no frontend alive).
+local function push_back(items)
+  for i = #items, 1, -1 do
+    local item, tenant = unwrap(items[i])
+    if item then redis.call('LPUSH', tenant and k_tenant_control(tenant) or (P .. 'control'), item) end
+  end
 end

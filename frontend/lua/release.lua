@@ -32,8 +32,7 @@ end
 local items = held_items(me)
 for _, room in ipairs(holds) do
   for _, v in ipairs(redis.call('LRANGE', k_hold(room), 0, -1)) do
-    local item = unwrap(v)
-    if item then items[#items + 1] = item end
+    if unwrap(v) then items[#items + 1] = v end
   end
   redis.call('DEL', k_hold(room))
 end
@@ -47,6 +46,6 @@ peer = peer or place('', now, me, nil)
 if peer then
   route_all(items, peer, now, max_bytes)
 else
-  for i = #items, 1, -1 do redis.call('LPUSH', P .. 'control', items[i]) end
+  push_back(items)
 end
 return {given, unheld, #items}

@@ -6,6 +6,5 @@
 local stored = redis.call('HGET', KEYS[1], ARGV[2])
 if not stored then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
-local item = unwrap(stored)
-if item then redis.call('LPUSH', KEYS[2], item) end
+push_back({stored})
 return 1

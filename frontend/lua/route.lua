@@ -8,18 +8,21 @@
 -- KEYS[1] control, KEYS[2] control:routing, KEYS[3] my inbox, KEYS[4] my landing, KEYS[5] my ledger,
 -- KEYS[6] my seq counter.
 -- ARGV[1] prefix, ARGV[2] me, ARGV[3] most items from control, ARGV[4] most bytes from control,
--- ARGV[5] max_item_bytes, ARGV[6] the most items my ledger may hold (the window).
+-- ARGV[5] max_item_bytes, ARGV[6] the most items my ledger may hold (the window), ARGV[7] the tenant
+-- whose own intake KEYS[1] is ("" for the public `control`).
 -- Returns {seq, stored, seq, stored, ...}: what entered my ledger, oldest first.
 local me, most, budget = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local max_bytes = tonumber(ARGV[5])
 local now = now_ms()
+local source = ARGV[7] or ''
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
 if #items > 0 then redis.call('DEL', KEYS[2]) end
+for i = 1, #items do items[i] = wrap(items[i], source) end
 local taken, bytes = 0, 0
 while taken < most and bytes < budget do
   local item = redis.call('LPOP', KEYS[1])
   if not item then break end
-  items[#items + 1] = item
+  items[#items + 1] = wrap(item, source)
   bytes = bytes + #item
   taken = taken + 1
 end

@@ -24,8 +24,7 @@ end
 local items = held_items(dead)
 for _, room in ipairs(holds) do
   for _, v in ipairs(redis.call('LRANGE', k_hold(room), 0, -1)) do
-    local item = unwrap(v)
-    if item then items[#items + 1] = item end
+    if unwrap(v) then items[#items + 1] = v end
   end
   redis.call('DEL', k_hold(room))
 end

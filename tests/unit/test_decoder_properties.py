@@ -12,6 +12,7 @@ from frontend.config import load_settings
 from frontend.counters import Counters
 from frontend.errors import ProtocolError
 from frontend.incoming import IncomingDispatcher
+from frontend.keys import Keys
 from frontend.protocol import Command, parse_command
 from frontend.text import assert_safe_line
 
@@ -82,12 +83,32 @@ class _Room:
         self.events.append((type, fields))
 
 
+class _Tenants:
+    """No registered tenant: rooms' tenants are free labels (the default)."""
+
+    def get(self, name):
+        return None
+
+    def check_join(self, tenant, *, source, require):
+        return tenant
+
+    def events_key(self, tenant, events):
+        return events or "messages"
+
+
 class _Registry:
     """Just what the dispatcher's routing touches of the registry."""
 
     def __init__(self):
         self.rooms = {"r1": _Room()}
         self.added, self.recorded = [], []
+        self.parted = set()
+
+    def plain(self, spec, spec_json):
+        return spec, spec_json
+
+    def count_new_room(self, room_id, tenant):
+        return True
 
     def get(self, room_id):
         return self.rooms.get(room_id)
@@ -108,7 +129,7 @@ def _dispatcher():
     dispatcher = IncomingDispatcher(link=None, ledger=ledger, registry=registry,
                                     outbox=outbox, counters=counters,
                                     settings=load_settings(env={}, overrides={"frontend_id": "prop"}),
-                                    frontend_id="prop")
+                                    frontend_id="prop", keys=Keys(""), tenants=_Tenants())
     return dispatcher, registry, outbox, counters
 
 
