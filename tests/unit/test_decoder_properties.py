@@ -59,7 +59,7 @@ class _Outbox:
     def __init__(self):
         self.dead = []
 
-    def dead_letter(self, item):
+    def dead_letter(self, item, key=None):
         self.dead.append(item)
 
 
