@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterable, Mapping
 import ujson
 
 from frontend.keys import EVENTS_NAME_RE
+from frontend.keys import Keys as FrontendKeys
+from frontend.tenants import TENANT_NAME_RE
 from frontend.logs import Throttle
 from frontend.redis_conn import REDIS_ANY
 
@@ -94,7 +96,9 @@ class BaseBackend(Router):
     ``block_timeout``, ``prefixes``, ``nick``, ``help_command``, ``max_text_bytes``, ``heartbeat_ttl``
     (the heartbeat key's lifetime; it is rewritten every third of it), ``recovery_interval`` (how
     often the lists of dead consumers are looked for; ``None`` turns that off), ``max_event_bytes``
-    (a larger item is dead-lettered without being decoded).
+    (a larger item is dead-lettered without being decoded), ``tenant`` (a scoped tenant's backend:
+    its keys are the tenant's own, ``tenant:<name>:...`` under ``key_prefix``, the only ones the Redis
+    user of ``greenroom tenant credentials`` may touch).
     """
 
     #: True for ``AsyncBackend``: its command methods return awaitables
@@ -121,6 +125,7 @@ class BaseBackend(Router):
         heartbeat_ttl: float = 15.0,
         recovery_interval: float | None = 10.0,
         max_event_bytes: int = 1 << 20,
+        tenant: str | None = None,
     ) -> None:
         super().__init__(prefixes=prefixes, nick=nick, help_command=help_command)
         if concurrency < 1 or retries < 0 or block_timeout <= 0:
@@ -131,6 +136,11 @@ class BaseBackend(Router):
         if heartbeat_ttl <= 0 or (recovery_interval is not None and recovery_interval <= 0):
             raise ValueError("heartbeat_ttl and recovery_interval must be > 0 (recovery_interval "
                              "None: no recovery)")
+        if tenant is not None:
+            if not isinstance(tenant, str) or not TENANT_NAME_RE.match(tenant):
+                raise ValueError(f"tenant must be a registered tenant's name, not {tenant!r}")
+            key_prefix = FrontendKeys(key_prefix).tenant(tenant)
+        self.tenant = tenant
         self.redis_url = redis_url
         self.consumer = consumer or default_consumer()
         self.keys = ConsumerKeys(key_prefix, events, control, self.consumer)

@@ -110,7 +110,7 @@ def test_a_scoped_tenants_backend_round_trip_through_the_sdk(redis_url, redis_cl
     chan = "#" + uniq("sdk")
     human = Observer(ngircd.host, ngircd.port, uniq("human"), [chan])
     proc = FrontendProcess(redis_url, str(tmp_path / "fe.log"), frontend_id=uniq("sdk-")).start()
-    bot = Backend(url, key_prefix="tenant:acme:", consumer=uniq("c"))
+    bot = Backend(url, tenant="acme", consumer=uniq("c"))
 
     @bot.command("echo")
     def echo(event):
