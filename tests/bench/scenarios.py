@@ -175,7 +175,10 @@ class FrontendProcess:
         self.log_path = os.path.join(workdir, "frontend.log")
         argv = shlex.split(spec.cmd.format(redis_url=redis_srv.url, redis_addr=redis_srv.addr,
                                                 free_port=procs.free_port()))
+        # no connect pacing and no per-room inbound limit: the bench measures what the design costs
+        # at full speed, beside a Go reference that has neither (BENCHMARKS.md, "Running it")
         env = {**os.environ, "GREENROOM_REDIS_URL": redis_srv.url, "GREENROOM_CONNECT_RATE": "0",
+               "GREENROOM_ROOM_EVENT_RATE": "0",
                **{k: v.replace("{free_port}", str(procs.free_port())) for k, v in spec.env.items()},
                **extra_env}
         while argv and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", argv[0]):  # leading NAME=value: env
