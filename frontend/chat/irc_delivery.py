@@ -28,6 +28,8 @@ PING_PREFIX = "gr-ack-"
 class DeliveryTracker:
     """Holds written lines until the server confirms them, then calls ``deliver`` for each."""
 
+    __slots__ = ("mode", "echo", "_deliver", "_unechoed", "_unconfirmed", "_pinged", "_seq", "settled")
+
     def __init__(self, mode: str, deliver: Deliver) -> None:
         if mode not in ("pong", "write"):
             raise ValueError(f"irc_ack must be 'pong' or 'write', not {mode!r}")
@@ -54,7 +56,8 @@ class DeliveryTracker:
         return lines
 
     def written(self, key: Hashable, line: OutLine) -> None:
-        if self.echo and line.data.startswith(b"PRIVMSG "):
+        data = line.data
+        if self.echo and data is not None and data.startswith(b"PRIVMSG "):
             self._unechoed.append((key, line))
             self.settled.clear()
         elif self.mode == "pong" and line.on_sent is None:

@@ -4,6 +4,11 @@ Rooms sharing a connection get their lines out fairly: the writer takes one line
 in turn, so one chatty room cannot starve another. Only rooms that are *enabled* (joined) are
 served; the lines of a room that is (re)joining wait. A line whose deadline passed when its turn comes
 is dropped as ``stale``; past ``max_per_room`` queued lines the oldest are dropped as ``flood_dropped``.
+
+Queues are keyed by room (the ``RoomLink`` itself), so rooms on one channel still get their own queue
+and fair share, and an acknowledgement goes to the room whose line it was. A line whose ``data`` is
+None is a *barrier*: it writes nothing and takes no token, its ``on_sent`` runs once the room's lines
+before it are written (a room leaving a channel that another room keeps).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class OutLine:
-    """One protocol line (bytes, CRLF-terminated) and what to do once it is written."""
+    """One protocol line (bytes, CRLF-terminated; None for a barrier) and what to do once written."""
 
     __slots__ = ("data", "command", "deadline", "on_sent")
 
@@ -39,6 +44,9 @@ DropHandler = Callable[[Hashable, OutLine, str], None]
 
 class SendQueue:
     """Per-room FIFO queues, round-robin service, optional token bucket."""
+
+    __slots__ = ("bucket", "max_per_room", "_on_drop", "_queues", "_enabled", "_ready", "_in_ready",
+                 "wake", "_on_wake")
 
     def __init__(self, bucket: TokenBucket | None, max_per_room: int, on_drop: DropHandler,
                  on_wake: Callable[[], None] | None = None) -> None:
@@ -120,7 +128,7 @@ class SendQueue:
             if q[0].deadline < now:
                 self._on_drop(room, q.popleft(), "stale")
                 continue
-            if self.bucket is not None:
+            if self.bucket is not None and q[0].data is not None:
                 wait = self.bucket.take()
                 if wait > 0:
                     return out, wait
