@@ -207,6 +207,10 @@ class IrcSession(SessionBase):
     def nick(self, value: str) -> None:
         self._nick, self._folded_nick = value, fold(value)
 
+    @property
+    def folded_nick(self) -> str:
+        return self._folded_nick
+
     def is_me(self, nick: Optional[str]) -> bool:
         return nick is not None and fold(nick) == self._folded_nick
 

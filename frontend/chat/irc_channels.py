@@ -74,14 +74,12 @@ class Channel:
 class IrcChannels:
     """Channels by folded name, the rooms' seats on them, membership and join state."""
 
-    __slots__ = ("session", "by_name", "seats", "tenants", "tracked", "_leaving")
+    __slots__ = ("session", "by_name", "seats", "tracked", "_leaving")
 
     def __init__(self, session: "IrcSession") -> None:
         self.session = session
         self.by_name: dict[str, Channel] = {}
         self.seats: dict[RoomLink, Seat] = {}  # each room's current seat
-        #: seats per tenant (None: rooms without one); more than one key: shared across tenants
-        self.tenants: dict[Optional[str], int] = {}
         self.tracked = 0  # member nicks tracked over all channels
         #: seats whose departure waits for their queued lines: seat -> the PART or barrier line
         self._leaving: Optional[dict[Seat, OutLine]] = None
@@ -89,7 +87,7 @@ class IrcChannels:
     # --------------------------------------------------------------------------------- queries
     @property
     def room_total(self) -> int:
-        return sum(self.tenants.values())
+        return len(self.seats)
 
     def rooms(self) -> list[RoomLink]:
         return list(dict.fromkeys(seat.room for channel in self.by_name.values() for seat in channel.seats))
@@ -98,7 +96,15 @@ class IrcChannels:
         return self.seats.get(room)
 
     def shared_across_tenants(self) -> bool:
-        return len(self.tenants) > 1
+        """True while rooms of more than one tenant (no tenant counts as one) are on the connection.
+        Looked at per private message and per line to a service only: no count is kept."""
+        first = None
+        for i, seat in enumerate(self.seats.values()):
+            if i == 0:
+                first = seat.tenant
+            elif seat.tenant != first:
+                return True
+        return False
 
     def __len__(self) -> int:
         return len(self.by_name)
@@ -116,7 +122,6 @@ class IrcChannels:
                 return
         seat = self.seats[room] = Seat(room, channel)
         channel.seats += (seat,)
-        self.tenants[seat.tenant] = self.tenants.get(seat.tenant, 0) + 1
         if len(channel.seats) > 1:
             log.info("room %s: shares %s on %s with room %s", room.id, channel.name, session.label,
                      channel.seats[0].room.id)
@@ -186,15 +191,10 @@ class IrcChannels:
         channel.seats = tuple(s for s in channel.seats if s is not seat)
         if self.seats.get(seat.room) is seat:
             del self.seats[seat.room]
-        left = self.tenants.get(seat.tenant, 1) - 1
-        if left > 0:
-            self.tenants[seat.tenant] = left
-        else:
-            self.tenants.pop(seat.tenant, None)
         self.session.queue.disable(seat)
         if not channel.seats:
             self._drop_channel(channel)
-        if not self.tenants:
+        if not self.by_name:  # no channel left with a seat on it
             self.session.last_room_gone()
 
     def _drop_channel(self, channel: Channel) -> None:
@@ -328,9 +328,12 @@ class IrcChannels:
         if len(names) > space:  # at most what still fits is looked at
             self._untracked(channel, len(names) - space)
             names = names[:space]
+        me = self.session.folded_nick
         for name in names:
             if name:
-                self._track(channel, fold(name.lstrip(_MEMBER_PREFIXES)))
+                folded = fold(name.lstrip(_MEMBER_PREFIXES))
+                if folded != me:  # we are in every channel we track: never a QUIT or NICK to report
+                    self._track(channel, folded)
 
     def on_part(self, msg: Message) -> None:
         nick = msg.nick
@@ -456,8 +459,7 @@ class IrcChannels:
             self.session.counters["dm_dropped"] += 1
             _throttled.warning("dm " + self.session.label,
                                "irc %s: a private message from %s dropped: the connection serves rooms of "
-                               "%d tenants, so no room may read it", self.session.label, nick,
-                               len(self.tenants))
+                               "several tenants, so no room may read it", self.session.label, nick)
             return None
         for channel in self.by_name.values():
             if channel.seats:

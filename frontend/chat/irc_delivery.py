@@ -36,7 +36,8 @@ class DeliveryTracker:
         self.mode = mode
         self.echo = False
         self._deliver = deliver
-        self._unechoed: deque[tuple[Hashable, OutLine]] = deque()
+        #: made when echo-message is on (a deque is 0.6 KB; most servers have no echo)
+        self._unechoed: deque[tuple[Hashable, OutLine]] | None = None
         self._unconfirmed: list[tuple[Hashable, OutLine]] = []
         self._pinged: tuple[str, list[tuple[Hashable, OutLine]]] | None = None
         self._seq = 0
@@ -48,9 +49,10 @@ class DeliveryTracker:
         """The connection is gone: every unconfirmed line, oldest first, to be sent again."""
         lines = list(self._pinged[1]) if self._pinged else []
         lines += self._unconfirmed
-        lines += self._unechoed
+        if self._unechoed:
+            lines += self._unechoed
+            self._unechoed.clear()
         self._pinged, self._unconfirmed = None, []
-        self._unechoed.clear()
         self.echo = False
         self.settled.set()
         return lines
@@ -58,6 +60,8 @@ class DeliveryTracker:
     def written(self, key: Hashable, line: OutLine) -> None:
         data = line.data
         if self.echo and data is not None and data.startswith(b"PRIVMSG "):
+            if self._unechoed is None:
+                self._unechoed = deque()
             self._unechoed.append((key, line))
             self.settled.clear()
         elif self.mode == "pong" and line.on_sent is None:

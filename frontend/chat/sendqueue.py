@@ -55,8 +55,9 @@ class SendQueue:
         self._on_drop = on_drop
         self._queues: dict[Hashable, deque[OutLine]] = {}
         self._enabled: set[Hashable] = set()
-        self._ready: deque[Hashable] = deque()
-        self._in_ready: set[Hashable] = set()
+        # made when the first line is queued (a room that never speaks costs no deque: 0.7 KB)
+        self._ready: deque[Hashable] | None = None
+        self._in_ready: set[Hashable] | None = None
         self.wake = gevent.event.Event()
         #: called right after ``wake`` is set: the IRC connection starts its writer on demand
         self._on_wake = on_wake
@@ -66,7 +67,8 @@ class SendQueue:
 
     def has_ready(self) -> bool:
         """True while some enabled room has lines waiting."""
-        return any(self._queues.get(r) for r in self._ready if r in self._enabled)
+        ready = self._ready
+        return bool(ready) and any(self._queues.get(r) for r in ready if r in self._enabled)
 
     def has_lines(self) -> bool:
         """Cheap: False when no room has a line queued (emptied queues are dropped)."""
@@ -104,9 +106,13 @@ class SendQueue:
         return list(self._queues.pop(room, ()))
 
     def _mark_ready(self, room: Hashable) -> None:
-        if room in self._enabled and room not in self._in_ready and self._queues.get(room):
-            self._in_ready.add(room)
-            self._ready.append(room)
+        in_ready = self._in_ready
+        if in_ready is None:
+            in_ready = self._in_ready = set()
+            self._ready = deque()
+        if room in self._enabled and room not in in_ready and self._queues.get(room):
+            in_ready.add(room)
+            self._ready.append(room)  # type: ignore[union-attr]
             self.wake.set()
             if self._on_wake is not None:
                 self._on_wake()
@@ -115,13 +121,17 @@ class SendQueue:
         """Up to ``limit`` lines due now, fairly across rooms; and seconds until the next token
         when lines are waiting for one (else 0.0)."""
         out: list[tuple[Hashable, OutLine]] = []
+        ready, in_ready = self._ready, self._in_ready
+        if not ready:
+            return out, 0.0
+        assert in_ready is not None
         now = time.time()
-        while self._ready and len(out) < limit:
-            room = self._ready[0]
+        while ready and len(out) < limit:
+            room = ready[0]
             q = self._queues.get(room)
             if not q or room not in self._enabled:
-                self._ready.popleft()
-                self._in_ready.discard(room)
+                ready.popleft()
+                in_ready.discard(room)
                 if q is not None and not q:
                     del self._queues[room]
                 continue
@@ -132,12 +142,12 @@ class SendQueue:
                 wait = self.bucket.take()
                 if wait > 0:
                     return out, wait
-            self._ready.popleft()
+            ready.popleft()
             out.append((room, q.popleft()))
             if q:
-                self._ready.append(room)
+                ready.append(room)
             else:
-                self._in_ready.discard(room)
+                in_ready.discard(room)
                 del self._queues[room]  # an empty deque is 0.7 KB: most rooms are quiet
         return out, 0.0
 
