@@ -44,7 +44,7 @@ from ..counters import Counters
 from ..logs import Throttle
 from ..protocol import Command, IrcSpec, Spec
 from ..text import assert_safe_line
-from .base import ConnectionLost, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate
+from .base import ConnectionLost, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate, give_turn
 from .irc_channels import IrcChannels
 from .irc_delivery import DeliveryTracker
 from .irc_format import (fold, message_lines, pong_line, prefix_len, reason_line, topic_line,
@@ -364,11 +364,11 @@ class IrcSession(SessionBase):
                 lines_left -= 1
                 if not lines_left:
                     lines_left = TURN_LINES
-                    gevent.sleep(0)  # let the other connections and rooms have their turn
+                    give_turn()  # let the other connections and rooms have their turn
             bytes_left -= len(data)
             if bytes_left <= 0:
                 bytes_left = TURN_BYTES
-                gevent.sleep(0)
+                give_turn()
 
     def _too_long(self, n: int) -> None:
         self.counters["lines_too_long"] += n

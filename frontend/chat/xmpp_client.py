@@ -1,11 +1,13 @@
 """The slixmpp stream of one XMPP session, with what a hostile server can make it hold bounded.
 
-``BoundedClient`` is slixmpp's ``ClientXMPP`` with two changes, both for memory a server controls:
+``BoundedClient`` is slixmpp's ``ClientXMPP`` with three changes, for memory and time a server controls:
 
 - a stanza (or anything before the next complete stanza) over ``MAX_STANZA`` bytes ends the stream:
   slixmpp's parser would otherwise hold all of it until its end tag arrives (prosody itself refuses
   c2s stanzas over 256 KiB; no live MUC line comes close). Counted in ``stanzas_too_big``, logged
   once a minute per session; the session reconnects with backoff like after any lost stream;
+- a read is parsed in slices of ``READ_SLICE`` bytes with a turn for every other greenlet in
+  between, so a burst of stanzas cannot hold the process (slixmpp handles them synchronously);
 - no roster: the bot never uses one, and slixmpp keeps a roster entry for every JID (and a
   resource for every MUC occupant) that sends a presence, and every item of a roster push, without
   bound. Presences reach us only as MUC events (``xep_0045``) and ``presence_error``.
@@ -26,12 +28,15 @@ import slixmpp
 from ..logs import Throttle
 from ..protocol import XmppSpec
 from . import asyncio_bridge
+from .base import give_turn
 
 log = logging.getLogger("frontend.chat.xmpp")
 _throttled = Throttle(log, 60.0)
 
 #: the most bytes read between two complete stanzas before the stream is dropped
 MAX_STANZA = 1024 * 1024
+#: what the parser is fed at once before the other greenlets get a turn
+READ_SLICE = 4 * 1024
 PLUGINS = ("xep_0030", "xep_0004", "xep_0045", "xep_0199", "xep_0203", "xep_0198", "xep_0410")
 
 
@@ -51,6 +56,21 @@ class BoundedClient(slixmpp.ClientXMPP):
 
     # ------------------------------------------------------------------------- bounded stanzas
     def data_received(self, data: bytes | str) -> None:
+        """Feed what was read in slices of ``READ_SLICE`` bytes, yielding to the gevent hub between
+        them: slixmpp handles every stanza of a slice synchronously (a presence costs ~0.4 ms), and
+        a read may be 256 KiB, so one burst from the server would otherwise hold every greenlet of
+        the process for seconds. (A yield, not a wait: nothing here waits for the loop itself.)"""
+        if len(data) <= READ_SLICE:
+            self._feed(data)
+            return
+        for start in range(0, len(data), READ_SLICE):
+            if start:
+                give_turn()
+                if self.transport is None:  # dropped meanwhile (too big, or aborted)
+                    return
+            self._feed(data[start:start + READ_SLICE])
+
+    def _feed(self, data: bytes | str) -> None:
         self.gr_completed = False
         super().data_received(data)
         if self.gr_completed:
