@@ -146,14 +146,17 @@ class IrcChannels:
         last = len(channel.seats) == 1
         if last:
             channel.cancel_timer()
-        live = channel.joined and session.connected
+        joined = channel.joined and session.connected
+        # a JOIN may be on its way (registered, not joined yet): the last room's PART must follow it,
+        # or the server's JOIN would leave the bot in a channel no room holds
+        part = last and session.registered and session.connected
         if silent:
             session.queue.remove(seat)  # neither sent nor reported: the next holder sends them
-            if last and live:
+            if part:
                 session.send_urgent([f"PART {channel.name}\r\n".encode()])
             self._remove(seat)
             return
-        if live and session.gate.open:
+        if joined and session.gate.open:
             if last:
                 line = OutLine(reason_line(f"PART {channel.name}", reason))
                 channel.parting = line
@@ -165,7 +168,7 @@ class IrcChannels:
             self._leaving[seat] = line
             session.queue.put(seat, line)
             return
-        if last and live:  # the gate holds the room's lines: report them unsent, leave now
+        if part:  # joining, or the gate holds the room's lines (reported unsent): leave now
             session.send_urgent([reason_line(f"PART {channel.name}", reason)])
         self.forget(seat, reason)
 

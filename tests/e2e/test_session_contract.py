@@ -25,6 +25,7 @@ from frontend.protocol import Command, parse_spec
 from frontend.sessions import SessionPool
 from tests.faults import Observer, uniq, wait_until
 from tests.support.frontend import FAST, irc_spec
+from tests.support.scripted_ircd import ScriptedIrcd, irc_stub_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +167,25 @@ def test_a_loud_detach_with_the_gate_closed_parts_now_and_reports_the_held_lines
         assert not watcher.privmsgs(chan, nick)
     finally:
         watcher.close()
+
+
+def test_a_room_parted_while_its_join_is_on_the_way_leaves_no_bot_behind(pool):
+    """The JOIN was sent, the server has not answered yet, the room goes: a PART must follow the JOIN
+    (it used to be dropped, and the server's JOIN left the bot in a channel no room held). A slow
+    server is a scripted one: ngircd answers a JOIN at once."""
+    ircd = ScriptedIrcd(join_delay=1.0).start()
+    try:
+        keeper = RecordingRoom("j0", irc_stub_spec(ircd, "#keep", "jbot"))
+        room = RecordingRoom("j1", irc_stub_spec(ircd, "#slow", "jbot"))
+        session = pool.session_for(keeper.id, keeper.spec)
+        session.attach(keeper)
+        wait_until(lambda: keeper.of("joined"), 10, what="the keeper joined")
+        session.attach(room)
+        ircd.conns[0].wait_for(lambda line: line == "JOIN #slow")
+        session.detach(room, "changed my mind")
+        ircd.conns[0].wait_for(lambda line: line.startswith("PART #slow"))
+        assert room.of("parted") and not room.of("joined")
+        gevent.sleep(1.2)  # the late JOIN arrives: no room, no event
+        assert not room.of("joined") and session.room_count == 1
+    finally:
+        ircd.stop()

@@ -53,13 +53,15 @@ class Conn:
 class ScriptedIrcd:
     """``ScriptedIrcd(script).start()``; ``port``, ``conns`` (every connection, in order), ``stop()``.
 
-    ``register``: answer NICK/USER with 001 (False: only the script talks). ``answer_nick``: a
+    ``join_delay``: answer a JOIN only after that many seconds (a slow server). ``register``: answer NICK/USER with 001 (False: only the script talks). ``answer_nick``: a
     function nick -> bytes to send instead of 001 (e.g. a 433 for every NICK).
     """
 
     def __init__(self, script: Optional[Callable[[Conn], None]] = None, *, register: bool = True,
-                 answer_nick: Optional[Callable[[Conn, str], Optional[bytes]]] = None) -> None:
+                 answer_nick: Optional[Callable[[Conn, str], Optional[bytes]]] = None,
+                 join_delay: float = 0.0) -> None:
         self.script = script
+        self.join_delay = join_delay
         self.register = register
         self.answer_nick = answer_nick
         self.conns: list[Conn] = []
@@ -127,8 +129,12 @@ class ScriptedIrcd:
                                 if self.script is not None:
                                     runner = gevent.spawn(self.script, conn)
                         elif verb == "JOIN" and self.register:
-                            for channel in rest.split()[0].split(","):
-                                conn.line(f":{conn.nick}!u@127.0.0.1 JOIN {channel}")
+                            echo = "".join(f":{conn.nick}!u@127.0.0.1 JOIN {channel}\r\n"
+                                           for channel in rest.split()[0].split(","))
+                            if self.join_delay:
+                                gevent.spawn_later(self.join_delay, _send_quietly, conn, echo.encode())
+                            else:
+                                conn.send(echo.encode())
                         elif verb == "PING":
                             conn.line(f":scripted PONG scripted :{rest.partition(':')[2]}")
                         elif verb == "QUIT":
@@ -143,6 +149,13 @@ class ScriptedIrcd:
                 sock.close()
             except OSError:
                 pass
+
+
+def _send_quietly(conn: Conn, data: bytes) -> None:
+    try:
+        conn.send(data)
+    except OSError:
+        pass
 
 
 def irc_stub_spec(ircd: ScriptedIrcd, channel: str, nick: str, **extra) -> dict:
