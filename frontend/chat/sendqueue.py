@@ -5,10 +5,12 @@ in turn, so one chatty room cannot starve another. Only rooms that are *enabled*
 served; the lines of a room that is (re)joining wait. A line whose deadline passed when its turn comes
 is dropped as ``stale``; past ``max_per_room`` queued lines the oldest are dropped as ``flood_dropped``.
 
-Queues are keyed by room (the ``RoomLink`` itself), so rooms on one channel still get their own queue
-and fair share, and an acknowledgement goes to the room whose line it was. A line whose ``data`` is
-None is a *barrier*: it writes nothing and takes no token, its ``on_sent`` runs once the room's lines
-before it are written (a room leaving a channel that another room keeps).
+Queues are keyed by *seat* (``base.Seat``: a room's membership of one channel or MUC), so rooms on
+one channel still get their own queue and fair share, an acknowledgement goes to the room whose line
+it was, and a room moving to another channel keeps its old lines apart from its new ones.
+
+A line whose ``data`` is None is a *barrier*: it writes nothing and takes no token; its ``on_sent``
+runs once the room's lines before it are written (a room leaving a channel that another room keeps).
 """
 
 from __future__ import annotations
