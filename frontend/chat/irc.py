@@ -483,6 +483,7 @@ class IrcSession(SessionBase):
 
     # ------------------------------------------------------------------------------------- parsing
     def _handle_line(self, line: str) -> None:
+        log.debug("irc %s: FROM SERVER: %s", self.label, line)
         msg = parse(line)
         if msg is None:
             return
