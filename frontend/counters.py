@@ -8,7 +8,9 @@ latency histograms are ``FastHistogram``s (a bisect and two adds). Names, with `
 - ``events_pushed``, ``events_dropped`` (buffer full), ``events_unencodable``,
   ``events_rate_dropped`` (a room past its inbound limit)
 - ``chat_reconnects:<protocol>``, ``redis_reconnects:<component>``, ``line_drops:<code>``,
-  ``lines_too_long``
+  ``lines_too_long`` (IRC lines over 8 KiB + 512 B, dropped), ``stanzas_too_big`` (XMPP streams
+  dropped for a stanza over 1 MiB), ``members_untracked`` (channel members / MUC occupants past the
+  tracking bounds), ``dm_dropped`` (private messages on a connection shared across tenants)
 - ``loop_crashes:<service>`` (a supervised loop died and was restarted), ``room_crashes``
 - ``log_suppressed`` (repeated warnings folded into a count)
 """

@@ -1,17 +1,33 @@
-"""The adapter contract: what a room may ask of its chat session, and what a session may ask of a room.
+"""The adapter contract: what a room may ask of its chat session, and what a session may ask of a room;
+and ``SessionBase``, what every adapter shares (reconnects, drop reporting, close with drain).
 
 A *session* is one connection to a chat server (an IRC connection, an XMPP stream). Several rooms may
 share one session (same server and identity); each room keeps its own greenlet and queue. The room
 greenlet calls the session (``ChatSession``, the type of ``Room.session``); the session's own
 greenlets (reader, writer) call back into the room through ``RoomLink``, whose methods never block.
+
+``SpeakGate`` says whether the rooms' lines may go out at all (several frontends: a frontend that is
+not sure it still holds its rooms must not speak for them). Protocol lines (PONG, JOIN, PART, QUIT,
+registration) are never held by it.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Protocol
+import logging
+import time
+from typing import Any, Callable, ClassVar, Iterable, Protocol
 
-from ..protocol import Command, Spec
+import gevent
+import gevent.event
+
+from ..config import Settings
+from ..counters import Counters
+from ..pacing import Backoff, TokenBucket
+from ..protocol import Command, Flood, Spec
+from .sendqueue import OutLine, SendQueue, report_drop
+
+log = logging.getLogger(__name__)
 
 
 class RoomLink(Protocol):
@@ -30,15 +46,61 @@ class RoomLink(Protocol):
         """The command reached the chat server (or was dropped with an error event): forget it."""
 
 
+class Seat:
+    """A room's place on a session: its membership of one channel or MUC (``place``).
+
+    The send queue, acknowledgements and drop reports are keyed by seat, not by room: a room that
+    moves to another channel on the same connection (a ``join`` with a new spec) has its old seat,
+    with the lines queued before its PART, and its new seat side by side until the PART went out.
+    ``tenant`` is the room's at attach time; ``live`` turns False when the seat is given up.
+    """
+
+    __slots__ = ("room", "place", "tenant", "live")
+
+    def __init__(self, room: "RoomLink", place: Any) -> None:
+        self.room = room
+        self.place = place
+        self.tenant = room.spec.tenant
+        self.live = True
+
+    def __repr__(self) -> str:
+        return f"<Seat {self.room.id} {getattr(self.place, 'name', None) or getattr(self.place, 'jid', '')}>"
+
+
+class SpeakGate:
+    """Open: sessions send the rooms' lines. Closed: they hold them (queued, not acked, not dropped
+    for it) and send only protocol lines. ``opened`` is set while open: a writer holding lines waits
+    on it. The default gate is always open; the core closes and opens one shared gate."""
+
+    __slots__ = ("opened",)
+
+    def __init__(self, open: bool = True) -> None:
+        self.opened = gevent.event.Event()
+        if open:
+            self.opened.set()
+
+    @property
+    def open(self) -> bool:
+        return self.opened.is_set()
+
+    def set_open(self, value: bool) -> None:
+        """Open (wakes every writer holding lines) or close the gate."""
+        if value:
+            self.opened.set()
+        else:
+            self.opened.clear()
+
+
 class ChatSession(abc.ABC):
     """One chat connection, shared by the rooms attached to it. The core uses exactly these."""
 
+    __slots__ = ()
     protocol: ClassVar[str]
 
     @property
     @abc.abstractmethod
     def room_count(self) -> int:
-        """How many rooms are attached (the pool opens another session past a server's limit)."""
+        """How many rooms are attached."""
 
     @property
     @abc.abstractmethod
@@ -46,12 +108,24 @@ class ChatSession(abc.ABC):
         """True once the session is ending: the pool never hands it a new room."""
 
     @abc.abstractmethod
+    def accepts(self, spec: Spec) -> bool:
+        """True when a room with ``spec`` (same connection key) may be attached here; False sends
+        the pool on to the next session of the key (IRC: ``channels_per_connection``)."""
+
+    @abc.abstractmethod
     def attach(self, room: RoomLink) -> None:
         """Join the room's channel (now, or once connected) and deliver its events to it."""
 
     @abc.abstractmethod
-    def detach(self, room: RoomLink, reason: str) -> None:
-        """Leave the room's channel, after the lines it already submitted were sent."""
+    def detach(self, room: RoomLink, reason: str, *, silent: bool = False) -> None:
+        """Leave the room's channel, after the lines it already submitted were sent; their commands
+        are acked, unsent ones reported (``not_sent``), then ``parted``.
+
+        ``silent``: the room moves to another frontend. Leave at once without speaking (a bare PART,
+        no reason), send none of its queued lines, and neither ack nor report them (they stay in
+        the in-flight ledger for the next holder); no ``parted`` event, no state. Lines already
+        written are still acked when the server confirms them (they were sent).
+        """
 
     @abc.abstractmethod
     def submit(self, room: RoomLink, command: Command) -> None:
@@ -70,5 +144,224 @@ class ChatSession(abc.ABC):
         """Lines of this room waiting to be sent."""
 
     @abc.abstractmethod
-    def apply_settings(self, settings: Any) -> None:
+    def apply_settings(self, settings: Settings) -> None:
         """A reload: use the new Settings from now on (limits, flood defaults, timers)."""
+
+
+class ConnectionLost(Exception):
+    """The connection ended; the message says why (shown in room states, never with secrets)."""
+
+
+class LoginFailed(ConnectionLost):
+    """The server refused us (credentials, no free nick, ...): every room hears ``join_failed``."""
+
+
+SessionFactory = Callable[..., ChatSession]
+
+
+class SessionBase(ChatSession):
+    """What IRC and XMPP sessions share: the send queue, the reconnect loop with backoff, drop
+    reporting, close with drain, the speak gate and settings reloads.
+
+    A subclass provides ``_rooms()``, ``_session_once()`` (connect and serve until the connection
+    ends, raising ``ConnectionLost``/``LoginFailed``/``OSError`` to say why), ``_can_drain()`` and
+    ``_goodbye()``, and may hook ``_prepare()``, ``_disconnected()``, ``_closed()`` and
+    ``_wake_writer()``. Its ``__init__`` calls ``SessionBase.__init__`` and then ``_start()``.
+    """
+
+    __slots__ = ("spec", "settings", "counters", "label", "gate", "queue", "connected_at",
+                 "_pace_connect", "_closing", "_drained", "_main", "__weakref__")
+    #: whether the configured flood control (``flood_rate``/``flood_burst``) applies to a spec
+    #: without ``flood`` (IRC) or only a spec's own ``flood`` does (XMPP)
+    flood_by_default: ClassVar[bool] = True
+
+    def __init__(self, spec: Spec, *, settings: Settings, counters: Counters,
+                 pace_connect: Callable[[str], None], label: str, gate: SpeakGate | None = None,
+                 on_wake: Callable[[], None] | None = None) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.counters = counters
+        self.label = label  # for logs: server:port/identity, never a secret
+        self.gate = gate if gate is not None else OPEN
+        bucket = self._make_bucket(spec.flood, self._server(), default_on=self.flood_by_default)
+        self.queue = SendQueue(bucket, settings.room_queue_max, self._dropped, on_wake=on_wake)
+        self.connected_at = 0.0  # when the current connection became usable (0.0: it is not)
+        self._pace_connect = pace_connect
+        self._closing = gevent.event.Event()
+        self._drained = gevent.event.Event()
+        self._main: gevent.Greenlet | None = None
+
+    def _start(self) -> None:
+        self._main = gevent.spawn(self._run)
+        self._main.name = f"{self.protocol} {self.label}"
+
+    # ------------------------------------------------------------------ ChatSession (shared part)
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    def depth(self, room: RoomLink) -> int:
+        queue = self.queue
+        if not queue.has_lines():
+            return 0
+        seat = self._seat(room)
+        return queue.depth(seat) if seat is not None else 0
+
+    def apply_settings(self, settings: Settings) -> None:
+        """The new limits and timers from now on; a configured flood default that changed replaces
+        the bucket (one set by the spec stays)."""
+        old, self.settings = self.settings, settings
+        self.queue.max_per_room = settings.room_queue_max
+        if self.spec.flood is not None or not self.flood_by_default:
+            return
+        server = self._server()
+        names = ("flood_rate", "flood_burst")
+        if [settings.for_server(server, n) for n in names] != [old.for_server(server, n) for n in names]:
+            self.queue.bucket = self._make_bucket(None, server, default_on=True)
+
+    def close(self, reason: str, timeout: float = 2.0) -> None:
+        """Send what joined rooms queued (within ``timeout``), say goodbye, stop the main greenlet."""
+        deadline = time.monotonic() + timeout
+        self._closing.set()
+        self._drain(deadline)
+        try:
+            self._goodbye(reason, deadline)
+        finally:
+            if self._main is not None:
+                self._main.kill(block=True, timeout=1)
+            self._closed()
+
+    # ------------------------------------------------------------------------------ for subclasses
+    @abc.abstractmethod
+    def _seat(self, room: RoomLink) -> Seat | None:
+        """The room's current seat (None when it is not attached)."""
+
+    @abc.abstractmethod
+    def _rooms(self) -> Iterable[RoomLink]:
+        """Every attached room (a snapshot: callers may attach or detach while iterating)."""
+
+    @abc.abstractmethod
+    def _session_once(self) -> None:
+        """Connect and serve until the connection ends; raise to say why it ended."""
+
+    @abc.abstractmethod
+    def _can_drain(self) -> bool:
+        """True while queued lines can still be written (connected and registered)."""
+
+    @abc.abstractmethod
+    def _goodbye(self, reason: str, deadline: float) -> None:
+        """After the drain: leave politely (IRC QUIT, XMPP stream close) before ``deadline``."""
+
+    def _prepare(self) -> None:
+        """Once, in the main greenlet, before the first connect."""
+
+    def _disconnected(self) -> None:
+        """After every connection ended, however."""
+
+    def _closed(self) -> None:
+        """After ``close()`` stopped the main greenlet."""
+
+    def _wake_writer(self) -> None:
+        self.queue.wake.set()
+
+    def _room_state(self, room: RoomLink, state: str, error: str | None) -> None:
+        room.set_state(state, error=error)
+
+    # ------------------------------------------------------------------------------------- shared
+    def _rooms_state(self, state: str, error: str | None = None) -> None:
+        for room in self._rooms():
+            self._room_state(room, state, error)
+
+    def _dropped(self, seat: Seat, line: OutLine, code: str) -> None:
+        """The send queue dropped a line (``stale`` or ``flood_dropped``): count it, tell the room."""
+        self.counters["line_drops:" + code] += 1
+        report_drop(seat.room, line, code, self.queue.max_per_room)
+
+    def _drain(self, deadline: float) -> None:
+        """Let the writer send what the rooms already accepted, until ``deadline``."""
+        queue = self.queue
+        while (queue.has_ready() and self._can_drain() and self.gate.open
+               and time.monotonic() < deadline):
+            self._drained.clear()
+            self._wake_writer()
+            self._drained.wait(max(0.0, deadline - time.monotonic()))
+
+    def _make_bucket(self, flood: Flood | bool | None, server: str, *, default_on: bool) -> TokenBucket | None:
+        """The token bucket for a spec's ``flood``: its own, none, or the configured default."""
+        if flood is False or (flood is None and not default_on):
+            return None
+        if isinstance(flood, Flood):
+            return TokenBucket(flood.rate, flood.burst)
+        rate = self.settings.for_server(server, "flood_rate")
+        burst = self.settings.for_server(server, "flood_burst")
+        return TokenBucket(rate, burst) if rate > 0 else None
+
+    def _run(self) -> None:
+        """The main greenlet: connect, serve, and after any failure back off and connect again."""
+        protocol = self.protocol
+        try:
+            self._prepare()
+        except Exception:
+            log.exception("%s %s: could not start", protocol, self.label)
+            raise
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
+        while not self._closing.is_set():
+            self._rooms_state("connecting")
+            reason = "connection closed"
+            self.connected_at = 0.0
+            try:
+                self._pace_connect(self._server())
+                if self._closing.is_set():
+                    break
+                self._session_once()
+            except LoginFailed as exc:
+                reason = str(exc)
+                for room in self._rooms():
+                    room.emit("error", code="join_failed", detail=reason)
+            except (OSError, ConnectionLost) as exc:
+                reason = self._lost_reason_for(exc)
+            except Exception as exc:  # the top of the greenlet: log, then reconnect like any failure
+                log.exception("%s %s: unexpected error", protocol, self.label)
+                reason = f"internal error: {exc!r}"
+            finally:
+                self._disconnected()
+            if self._closing.is_set():
+                break
+            if self.connected_at and time.monotonic() - self.connected_at > self.settings.reconnect_reset_after:
+                backoff.reset()
+            delay = backoff.next()
+            self.counters["chat_reconnects:" + protocol] += 1
+            log.warning("%s %s: %s; reconnecting in %.1fs", protocol, self.label, reason, delay)
+            self._rooms_state("backoff", reason)
+            self._closing.wait(delay)
+        log.info("%s %s: closed", protocol, self.label)
+
+    def _server(self) -> str:
+        """The host connects to are paced by."""
+        return getattr(self.spec, "server", "")
+
+    def _lost_reason_for(self, exc: BaseException) -> str:
+        return str(exc) or type(exc).__name__
+
+
+#: the gate of sessions made without one: always open
+OPEN = SpeakGate()
+#: how long ``give_turn`` sleeps: long enough to be a timer, so the hub polls I/O and runs timers
+TURN_PAUSE = 0.0001
+
+
+def give_turn() -> None:
+    """Let every other greenlet, and the hub's I/O and timers, run before going on: what a reader
+    that could go on reading (a server that floods) calls every so often.
+
+    Not ``gevent.sleep(0)``: that only queues a callback, and the hub runs up to 50 callbacks before
+    it looks at I/O and timers again, so a greenlet yielding that way keeps them waiting for up to 50
+    of its own turns (measured: a presence flood held a 10 ms timer for 0.5 s)."""
+    gevent.sleep(TURN_PAUSE)
+
+
+def single_tenant(seats: Iterable[Seat]) -> bool:
+    """True when every seat given belongs to one tenant (rooms without a tenant are one tenant):
+    what reaches any of them cannot cross a tenant boundary."""
+    tenants = {seat.tenant for seat in seats}
+    return len(tenants) <= 1

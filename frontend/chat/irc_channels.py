@@ -1,266 +1,480 @@
-"""The channels on one IRC connection: which room each one is, who is in it, joins and rejoins, and
+"""The channels on one IRC connection: which rooms each one serves, who is in it, joins and rejoins, and
 the server lines about them turned into room events.
 
-Owned by an ``IrcConnection`` (composition): the connection parses lines and hands the channel ones
-here; this class never touches the socket, it queues lines through the connection.
+Owned by an ``IrcSession`` (composition): the session parses lines and hands the channel ones here
+(``irc.DISPATCH``); this class never touches the socket, it queues lines through the session.
+
+Several rooms may sit on one channel of one connection (two tenants with the same nick and server,
+or ``#Chan`` and ``#chan``, one channel under RFC 1459 case mapping): every room on the channel gets
+its events, each room has its own send queue, and the bot leaves the channel only when the last of
+them goes. A private message goes to the connection's first room only when every room on the
+connection is of one tenant (``dm_dropped`` otherwise): a DM never crosses a tenant boundary.
+
+What a server can make us track is bounded: at most ``MAX_MEMBERS`` nicks per channel and
+``MAX_MEMBERS_PER_CONNECTION`` per connection (past them nicks are counted in ``members_untracked``
+and their QUIT and NICK go unreported); a channel's members are released when its last room goes,
+and all of them when the connection drops (the next JOIN's NAMES lists them again).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Optional
 
 import gevent
 from irc import ctcp
-from irc.client import NickMask, is_channel
 
+from ..logs import Throttle
 from ..pacing import Backoff
-from .base import RoomLink
+from .base import RoomLink, Seat
 from .irc_format import fold, join_lines, reason_line
-from .sendqueue import OutLine, report_drop, report_unsent
+from .irc_wire import Message
+from .sendqueue import OutLine, report_unsent
 
 if TYPE_CHECKING:
-    from .irc import IrcConnection
+    from .irc import IrcSession
 
 log = logging.getLogger(__name__)
+_throttled = Throttle(log, 60.0)
+
+#: nicks tracked per channel and per connection (for QUIT and NICK, which name no channel)
+MAX_MEMBERS = 5_000
+MAX_MEMBERS_PER_CONNECTION = 20_000
+_MEMBER_PREFIXES = "~&@%+"
+
+
+class Channel:
+    """One channel on the connection and the rooms' seats on it (in the order they were attached)."""
+
+    __slots__ = ("name", "seats", "joined", "members", "backoff", "timer", "parting")
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # as the first room spelled it: what JOIN and PART say
+        self.seats: tuple[Seat, ...] = ()
+        self.joined = False
+        self.members: Optional[set[str]] = None  # folded nicks, made on the first one
+        self.backoff: Optional[Backoff] = None  # join refusals, made on the first one
+        self.timer: Optional[gevent.Greenlet] = None  # a pending rejoin
+        self.parting: Optional[OutLine] = None  # the PART queued behind the last room's lines
+
+    def key(self) -> Optional[str]:
+        """The channel key to join with: the first room's that has one."""
+        for seat in self.seats:
+            key = getattr(seat.room.spec, "key", None)
+            if key:
+                return key
+        return None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.kill(block=False)
+            self.timer = None
 
 
 class IrcChannels:
-    """Rooms by folded channel name, their membership and their join state."""
+    """Channels by folded name, the rooms' seats on them, membership and join state."""
 
-    def __init__(self, conn: "IrcConnection") -> None:
-        self.conn = conn
-        self.rooms: dict[str, RoomLink] = {}  # folded channel -> room
-        self.joined: set[str] = set()
-        self._members: dict[str, set[str]] = {}  # folded channel -> folded nicks
-        self._join_backoff: dict[str, Backoff] = {}
-        self._timers: dict[str, gevent.Greenlet] = {}
-        self._parting: dict[str, OutLine] = {}
+    __slots__ = ("session", "by_name", "seats", "tracked", "_leaving")
+
+    def __init__(self, session: "IrcSession") -> None:
+        self.session = session
+        self.by_name: dict[str, Channel] = {}
+        self.seats: dict[RoomLink, Seat] = {}  # each room's current seat
+        self.tracked = 0  # member nicks tracked over all channels
+        #: seats whose departure waits for their queued lines: seat -> the PART or barrier line
+        self._leaving: Optional[dict[Seat, OutLine]] = None
+
+    # --------------------------------------------------------------------------------- queries
+    @property
+    def room_total(self) -> int:
+        return len(self.seats)
+
+    def rooms(self) -> list[RoomLink]:
+        return list(dict.fromkeys(seat.room for channel in self.by_name.values() for seat in channel.seats))
+
+    def seat_of(self, room: RoomLink) -> Optional[Seat]:
+        return self.seats.get(room)
+
+    def shared_across_tenants(self) -> bool:
+        """True while rooms of more than one tenant (no tenant counts as one) are on the connection.
+        Looked at per private message and per line to a service only: no count is kept."""
+        first = None
+        for i, seat in enumerate(self.seats.values()):
+            if i == 0:
+                first = seat.tenant
+            elif seat.tenant != first:
+                return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self.by_name)
 
     # ------------------------------------------------------------------------ rooms come and go
     def attach(self, room: RoomLink) -> None:
+        session = self.session
         key = fold(room.spec.channel)  # type: ignore[union-attr]
-        self.rooms[key] = room
-        self._members[key] = set()
-        if self.conn.registered:
-            room.set_state("joining")
-            self.conn.send_urgent(join_lines([(room.spec.channel, room.spec.key)]))  # type: ignore[union-attr]
+        channel = self.by_name.get(key)
+        if channel is None:
+            channel = self.by_name[key] = Channel(room.spec.channel)  # type: ignore[union-attr]
         else:
+            current = self.seats.get(room)
+            if current is not None and current.place is channel:
+                return
+        seat = self.seats[room] = Seat(room, channel)
+        channel.seats += (seat,)
+        if len(channel.seats) > 1:
+            log.info("room %s: shares %s on %s with room %s", room.id, channel.name, session.label,
+                     channel.seats[0].room.id)
+        if channel.joined and channel.parting is None:  # another room keeps us in the channel
+            self._joined(seat)
+        elif not session.registered:
             room.set_state("connecting")
-
-    def detach(self, room: RoomLink, reason: str) -> None:
-        """PART after the room's queued lines went out (or at once when not in the channel)."""
-        key = fold(room.spec.channel)  # type: ignore[union-attr]
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.kill(block=False)
-        if key in self.joined and self.conn.connected:
-            line = reason_line(f"PART {room.spec.channel}", reason)  # type: ignore[union-attr]
-            part = OutLine(line, on_sent=lambda: self.forget(room, reason, key))
-            self._parting[key] = part
-            self.conn.queue.put(key, part)
+        elif len(channel.seats) == 1:
+            room.set_state("joining")
+            session.send_urgent(join_lines([(channel.name, channel.key())]))
         else:
-            self.forget(room, reason, key)
+            room.set_state("joining")  # the channel's JOIN (or the rejoin after its PART) is on its way
 
-    def forget(self, room: RoomLink, reason: str, key: str) -> None:
-        """The room is gone from this connection: unsent lines are reported, ``parted`` emitted."""
-        if self.rooms.get(key) is not room:
+    def detach(self, room: RoomLink, reason: str, silent: bool = False) -> None:
+        """Leave after the room's queued lines went out (or at once: silent, not joined, gate shut)."""
+        seat = self.seats.get(room)
+        if seat is None:
             return
-        del self.rooms[key]
-        self.joined.discard(key)
-        self._members.pop(key, None)
-        self._parting.pop(key, None)
-        self._join_backoff.pop(key, None)
-        report_unsent(room, self.conn.queue.remove(key))
+        channel: Channel = seat.place
+        session = self.session
+        del self.seats[room]  # a new attach (a move) gets a new seat; this one finishes leaving
+        last = len(channel.seats) == 1
+        if last:
+            channel.cancel_timer()
+        joined = channel.joined and session.connected
+        # a JOIN may be on its way (registered, not joined yet): the last room's PART must follow it,
+        # or the server's JOIN would leave the bot in a channel no room holds
+        part = last and session.registered and session.connected
+        if silent:
+            session.queue.remove(seat)  # neither sent nor reported: the next holder sends them
+            if part:
+                session.send_urgent([f"PART {channel.name}\r\n".encode()])
+            self._remove(seat)
+            return
+        if joined and session.gate.open:
+            if last:
+                line = OutLine(reason_line(f"PART {channel.name}", reason))
+                channel.parting = line
+            else:
+                line = OutLine(None)  # a barrier: the room's lines go first, the channel stays
+            line.on_sent = lambda: self.forget(seat, reason)
+            if self._leaving is None:
+                self._leaving = {}
+            self._leaving[seat] = line
+            session.queue.put(seat, line)
+            return
+        if part:  # joining, or the gate holds the room's lines (reported unsent): leave now
+            session.send_urgent([reason_line(f"PART {channel.name}", reason)])
+        self.forget(seat, reason)
+
+    def forget(self, seat: Seat, reason: str) -> None:
+        """The seat is given up: unsent lines are reported, ``parted`` emitted."""
+        if not seat.live:
+            return
+        channel: Channel = seat.place
+        parted_line = self._leaving.pop(seat, None) if self._leaving else None
+        self._remove(seat)
+        room = seat.room
+        report_unsent(room, self.session.queue.remove(seat))
         room.set_state("parted")
         room.emit("parted", reason=reason)
-        if not self.rooms:
-            self.conn.last_room_gone()
+        if channel.seats and parted_line is not None and parted_line is channel.parting:
+            # a room attached while our PART was queued: the PART went out, join again
+            channel.parting = None
+            self._rejoin_now(channel)
 
-    def dropped(self, key: Any, line: OutLine, code: str) -> None:
-        """The send queue dropped a line (``stale`` or ``flood_dropped``): tell the room."""
-        self.conn.counters["line_drops:" + code] += 1
-        room = self.rooms.get(key)
-        if room is not None:
-            report_drop(room, line, code, self.conn.queue.max_per_room)
+    def _remove(self, seat: Seat) -> None:
+        seat.live = False
+        channel: Channel = seat.place
+        channel.seats = tuple(s for s in channel.seats if s is not seat)
+        if self.seats.get(seat.room) is seat:
+            del self.seats[seat.room]
+        self.session.queue.disable(seat)
+        if not channel.seats:
+            self._drop_channel(channel)
+        if not self.by_name:  # no channel left with a seat on it
+            self.session.last_room_gone()
 
-    def set_states(self, state: str, error: str | None = None) -> None:
-        for room in list(self.rooms.values()):
-            room.set_state(state, error=error)
+    def _drop_channel(self, channel: Channel) -> None:
+        channel.cancel_timer()
+        if channel.members:
+            self.tracked -= len(channel.members)
+        channel.members = None
+        key = fold(channel.name)
+        if self.by_name.get(key) is channel:
+            del self.by_name[key]
 
     def join_all(self) -> None:
         """After registration: JOIN every channel, several per line."""
-        rooms = list(self.rooms.values())
-        for room in rooms:
-            room.set_state("joining")
-        self.conn.send_urgent(join_lines([(r.spec.channel, r.spec.key) for r in rooms]))  # type: ignore[union-attr]
+        pairs = []
+        for channel in self.by_name.values():
+            for seat in channel.seats:
+                seat.room.set_state("joining")
+            pairs.append((channel.name, channel.key()))
+        if pairs:
+            self.session.send_urgent(join_lines(pairs))
 
     def disconnected(self) -> None:
-        """The connection dropped: nobody is joined; rooms that were parting are done."""
-        for key in self.joined:
-            self.conn.queue.disable(key)
-        self.joined.clear()
-        for key, part in list(self._parting.items()):
-            if key in self.rooms and part.on_sent:
-                part.on_sent()
+        """The connection dropped: nobody is joined, nothing is tracked; departures complete."""
+        queue = self.session.queue
+        for channel in self.by_name.values():
+            channel.joined = False
+            channel.parting = None
+            channel.members = None
+            for seat in channel.seats:
+                queue.disable(seat)
+        self.tracked = 0
+        leaving, self._leaving = self._leaving, None
+        if leaving:
+            for line in list(leaving.values()):
+                if line.on_sent is not None:
+                    line.on_sent()
 
-    def schedule_rejoin(self, key: str, room: RoomLink, delay: float) -> None:
-        old = self._timers.pop(key, None)
-        if old is not None:
-            old.kill(block=False)
+    def schedule_rejoin(self, channel: Channel, delay: float) -> None:
+        channel.cancel_timer()
 
         def rejoin() -> None:
-            self._timers.pop(key, None)
-            if self.rooms.get(key) is room and self.conn.registered and key not in self.joined:
-                room.set_state("joining")
-                self.conn.send_urgent(join_lines([(room.spec.channel, room.spec.key)]))  # type: ignore[union-attr]
+            channel.timer = None
+            if channel.seats and not channel.joined and self.by_name.get(fold(channel.name)) is channel:
+                self._rejoin_now(channel)
 
-        self._timers[key] = gevent.spawn_later(delay, rejoin)
+        channel.timer = gevent.spawn_later(delay, rejoin)
+
+    def _rejoin_now(self, channel: Channel) -> None:
+        session = self.session
+        channel.joined = False
+        for seat in channel.seats:
+            session.queue.disable(seat)
+        if session.registered:
+            for seat in channel.seats:
+                seat.room.set_state("joining")
+            session.send_urgent(join_lines([(channel.name, channel.key())]))
+
+    def _joined(self, seat: Seat) -> None:
+        room = seat.room
+        room.set_state("joined")
+        room.emit("joined", nick=self.session.nick, channel=room.spec.channel)  # type: ignore[union-attr]
+        self.session.queue.enable(seat)
+
+    # ------------------------------------------------------------------------ member tracking
+    def _track(self, channel: Channel, nick: str) -> None:
+        members = channel.members
+        if members is None:
+            members = channel.members = set()
+        elif nick in members:
+            return
+        if len(members) >= MAX_MEMBERS or self.tracked >= MAX_MEMBERS_PER_CONNECTION:
+            self._untracked(channel, 1)
+            return
+        members.add(nick)
+        self.tracked += 1
+
+    def _untrack(self, channel: Channel, nick: str) -> bool:
+        members = channel.members
+        if members and nick in members:
+            members.discard(nick)
+            self.tracked -= 1
+            return True
+        return False
+
+    def _untracked(self, channel: Channel, n: int) -> None:
+        self.session.counters["members_untracked"] += n
+        _throttled.warning(
+            "members " + self.session.label,
+            "room %s: %s on %s has more members than are tracked (%d per channel, %d per connection); "
+            "QUIT and NICK of the others are not reported",
+            channel.seats[0].room.id if channel.seats else "-", channel.name, self.session.label,
+            MAX_MEMBERS, MAX_MEMBERS_PER_CONNECTION)
 
     # ---------------------------------------------------------------------------- server lines
-    def _room(self, channel: str) -> tuple[str, RoomLink | None]:
-        key = fold(channel)
-        return key, self.rooms.get(key)
+    def _channel(self, name: str) -> Optional[Channel]:
+        channel = self.by_name.get(fold(name))
+        return channel if channel is not None and channel.seats else None
 
-    def on_join(self, source: NickMask | None, args: list[str]) -> None:
-        if source is None or not args:
+    def on_join(self, msg: Message) -> None:
+        nick = msg.nick
+        if nick is None or not msg.params:
             return
-        for channel in args[0].split(","):
-            key, room = self._room(channel)
-            if room is None:
+        me = self.session.is_me(nick)
+        for name in msg.params[0].split(","):
+            channel = self._channel(name)
+            if channel is None:
                 continue
-            if self.conn.is_me(source):
-                self.conn.userhost_len = len(source) - len(source.nick)
-                self.joined.add(key)
-                self._members[key] = set()
-                self._join_backoff.pop(key, None)
-                room.set_state("joined")
-                room.emit("joined", nick=self.conn.nick, channel=room.spec.channel)  # type: ignore[union-attr]
-                self.conn.queue.enable(key)
+            if me:
+                self.session.saw_own_source(msg.source or "", nick)
+                channel.joined = True
+                if channel.members:
+                    self.tracked -= len(channel.members)
+                channel.members = None  # NAMES follows
+                channel.backoff = None
+                for seat in channel.seats:
+                    self._joined(seat)
             else:
-                self._members.setdefault(key, set()).add(fold(source.nick))
-                room.emit("user_joined", nick=source.nick)
+                self._track(channel, fold(nick))
+                for seat in channel.seats:
+                    seat.room.emit("user_joined", nick=nick)
 
-    def on_names(self, source: Any, args: list[str]) -> None:
-        if len(args) >= 4:
-            members = self._members.get(fold(args[2]))
-            if members is not None:
-                members.update(fold(n.lstrip("~&@%+")) for n in args[3].split())
+    def on_namreply(self, msg: Message) -> None:
+        params = msg.params
+        if len(params) < 4:
+            return
+        channel = self._channel(params[2])
+        if channel is None:
+            return
+        names = params[3].split(" ")
+        space = max(0, min(MAX_MEMBERS - len(channel.members or ()), MAX_MEMBERS_PER_CONNECTION - self.tracked))
+        if len(names) > space:  # at most what still fits is looked at
+            self._untracked(channel, len(names) - space)
+            names = names[:space]
+        me = self.session.folded_nick
+        for name in names:
+            if name:
+                folded = fold(name.lstrip(_MEMBER_PREFIXES))
+                if folded != me:  # we are in every channel we track: never a QUIT or NICK to report
+                    self._track(channel, folded)
 
-    def on_part(self, source: NickMask | None, args: list[str]) -> None:
-        if source is None or not args:
+    def on_part(self, msg: Message) -> None:
+        nick = msg.nick
+        if nick is None or not msg.params:
             return
-        key, room = self._room(args[0])
-        if room is None:
+        channel = self._channel(msg.params[0])
+        if channel is None:
             return
-        if self.conn.is_me(source):
-            if key not in self._parting:  # parted by someone else's doing (e.g. a server admin)
-                self.joined.discard(key)
-                self.conn.queue.disable(key)
-                self.schedule_rejoin(key, room, self.conn.settings.rejoin_delay)
+        if self.session.is_me(nick):
+            if channel.parting is None:  # parted by someone else's doing (e.g. a server admin)
+                channel.joined = False
+                for seat in channel.seats:
+                    self.session.queue.disable(seat)
+                self.schedule_rejoin(channel, self.session.settings.rejoin_delay)
             return
-        self._members.get(key, set()).discard(fold(source.nick))
-        room.emit("user_left", nick=source.nick, reason=args[1] if len(args) > 1 else "", how="part")
+        self._untrack(channel, fold(nick))
+        reason = msg.params[1] if len(msg.params) > 1 else ""
+        for seat in channel.seats:
+            seat.room.emit("user_left", nick=nick, reason=reason, how="part")
 
-    def on_kick(self, source: NickMask | None, args: list[str]) -> None:
-        if len(args) < 2:
+    def on_kick(self, msg: Message) -> None:
+        params = msg.params
+        if len(params) < 2:
             return
-        key, room = self._room(args[0])
-        if room is None:
+        channel = self._channel(params[0])
+        if channel is None:
             return
-        by = source.nick if source else None
-        reason = args[2] if len(args) > 2 else ""
-        if fold(args[1]) == fold(self.conn.nick):
-            self.joined.discard(key)
-            self.conn.queue.disable(key)
-            log.warning("room %s: kicked by %s (%s)", room.id, by, reason)
-            room.emit("kicked", by=by, reason=reason)
-            room.set_state("backoff", error=f"kicked by {by}: {reason}")
-            self.schedule_rejoin(key, room, self.conn.settings.rejoin_delay)
+        by = msg.nick
+        reason = params[2] if len(params) > 2 else ""
+        if self.session.is_me(params[1]):
+            channel.joined = False
+            for seat in channel.seats:
+                room = seat.room
+                self.session.queue.disable(seat)
+                log.warning("room %s: kicked by %s (%s)", room.id, by, reason)
+                room.emit("kicked", by=by, reason=reason)
+                room.set_state("backoff", error=f"kicked by {by}: {reason}")
+            self.schedule_rejoin(channel, self.session.settings.rejoin_delay)
         else:
-            self._members.get(key, set()).discard(fold(args[1]))
-            room.emit("user_left", nick=args[1], reason=reason, how="kick")
+            self._untrack(channel, fold(params[1]))
+            for seat in channel.seats:
+                seat.room.emit("user_left", nick=params[1], reason=reason, how="kick")
 
-    def on_quit(self, source: NickMask | None, args: list[str]) -> None:
-        if source is None or self.conn.is_me(source):
+    def on_quit(self, msg: Message) -> None:
+        nick = msg.nick
+        if nick is None or self.session.is_me(nick):
             return
-        nick = fold(source.nick)
-        for key, members in self._members.items():
-            if nick in members:
-                members.discard(nick)
-                room = self.rooms.get(key)
-                if room is not None:
-                    room.emit("user_left", nick=source.nick, reason=args[0] if args else "", how="quit")
+        folded = fold(nick)
+        reason = msg.params[0] if msg.params else ""
+        for channel in list(self.by_name.values()):
+            if self._untrack(channel, folded):
+                for seat in channel.seats:
+                    seat.room.emit("user_left", nick=nick, reason=reason, how="quit")
 
-    def on_nick(self, source: NickMask | None, args: list[str]) -> None:
-        if source is None or not args or self.conn.is_me(source):
+    def on_nick(self, msg: Message) -> None:
+        """Someone else changed nick (the session handles ours)."""
+        nick = msg.nick
+        if nick is None or not msg.params:
             return
-        old, new = fold(source.nick), fold(args[0])
-        for members in self._members.values():
-            if old in members:
-                members.discard(old)
-                members.add(new)
+        old, new = fold(nick), fold(msg.params[0])
+        for channel in self.by_name.values():
+            if self._untrack(channel, old):
+                self._track(channel, new)
 
-    def on_topic(self, source: NickMask | None, args: list[str]) -> None:
-        if len(args) >= 2:
-            _, room = self._room(args[0])
-            if room is not None:
-                room.emit("topic", text=args[1], by=source.nick if source else None)
+    def on_topic(self, msg: Message) -> None:
+        if len(msg.params) >= 2:
+            channel = self._channel(msg.params[0])
+            if channel is not None:
+                for seat in channel.seats:
+                    seat.room.emit("topic", text=msg.params[1], by=msg.nick)
 
-    def on_topic_reply(self, source: Any, args: list[str]) -> None:
-        if len(args) >= 3:
-            _, room = self._room(args[1])
-            if room is not None:
-                room.emit("topic", text=args[2], by=None)
+    def on_currenttopic(self, msg: Message) -> None:
+        if len(msg.params) >= 3:
+            channel = self._channel(msg.params[1])
+            if channel is not None:
+                for seat in channel.seats:
+                    seat.room.emit("topic", text=msg.params[2], by=None)
 
-    def on_join_refused(self, source: Any, args: list[str]) -> None:
-        if len(args) < 2:
+    def on_join_refused(self, msg: Message) -> None:
+        params = msg.params
+        if len(params) < 2:
             return
-        key, room = self._room(args[1])
-        if room is None:
+        channel = self._channel(params[1])
+        if channel is None:
             return
-        detail = f"{args[1]}: {args[-1]}"
-        settings = self.conn.settings
-        backoff = self._join_backoff.setdefault(
-            key, Backoff(settings.reconnect_min * 5, settings.reconnect_max))
-        delay = backoff.next()
-        log.warning("room %s: join refused (%s); retrying in %.0fs", room.id, detail, delay)
-        room.emit("error", code="join_failed", detail=detail)
-        room.set_state("backoff", error=detail)
-        self.schedule_rejoin(key, room, delay)
+        detail = f"{params[1]}: {params[-1]}"
+        settings = self.session.settings
+        if channel.backoff is None:
+            channel.backoff = Backoff(settings.reconnect_min * 5, settings.reconnect_max)
+        delay = channel.backoff.next()
+        for seat in channel.seats:
+            room = seat.room
+            log.warning("room %s: join refused (%s); retrying in %.0fs", room.id, detail, delay)
+            room.emit("error", code="join_failed", detail=detail)
+            room.set_state("backoff", error=detail)
+        self.schedule_rejoin(channel, delay)
 
-    def on_privmsg(self, nick: str, args: list[str]) -> None:
+    def on_privmsg(self, nick: str, msg: Message) -> None:
         """A line from ``nick`` (not us) to a channel of ours, or privately to us."""
-        target, text = args[0], args[1]
-        if is_channel(target):
-            room = self.rooms.get(fold(target))
+        target, text = msg.params[0], msg.params[1]
+        channel = self._channel(target)
+        if channel is not None:
+            rooms = [seat.room for seat in channel.seats]
             private = False
-        else:
-            room = next(iter(self.rooms.values()), None)  # it arrived through this connection
+        elif self.session.is_me(target):
+            room = self._dm_room(nick)
+            if room is None:
+                return
+            rooms = [room]
             private = True
-        if room is None:
+        else:  # a channel we are not in, or a STATUSMSG target (@#chan): not for any room
             return
         if "\x01" in text:
-            for part in ctcp.dequote(text):
-                if isinstance(part, tuple):
-                    if part[0] == "ACTION":
-                        room.emit("action", **{"from": nick, "text": part[1] if len(part) > 1 else "",
-                                               "private": private})
-                elif part:
-                    room.emit("message", **{"from": nick, "text": part, "private": private})
+            for room in rooms:
+                _emit_ctcp(room, nick, text, private)
             return
-        room.emit("message", **{"from": nick, "text": text, "private": private})
+        for room in rooms:
+            room.emit("message", **{"from": nick, "text": text, "private": private})
+
+    def _dm_room(self, nick: str) -> Optional[RoomLink]:
+        """The room a private message goes to: the first room, when every room is of one tenant."""
+        if self.shared_across_tenants():
+            self.session.counters["dm_dropped"] += 1
+            _throttled.warning("dm " + self.session.label,
+                               "irc %s: a private message from %s dropped: the connection serves rooms of "
+                               "several tenants, so no room may read it", self.session.label, nick)
+            return None
+        for channel in self.by_name.values():
+            if channel.seats:
+                return channel.seats[0].room
+        return None
 
 
-HANDLERS = {
-    "JOIN": IrcChannels.on_join,
-    "353": IrcChannels.on_names,
-    "PART": IrcChannels.on_part,
-    "KICK": IrcChannels.on_kick,
-    "QUIT": IrcChannels.on_quit,
-    "NICK": IrcChannels.on_nick,
-    "TOPIC": IrcChannels.on_topic,
-    "332": IrcChannels.on_topic_reply,
-    **{code: IrcChannels.on_join_refused
-       for code in ("403", "405", "471", "473", "474", "475", "476", "477", "479", "489")},
-}
+def _emit_ctcp(room: RoomLink, nick: str, text: str, private: bool) -> None:
+    for part in ctcp.dequote(text):
+        if isinstance(part, tuple):
+            if part[0] == "ACTION":
+                room.emit("action", **{"from": nick, "text": part[1] if len(part) > 1 else "",
+                                       "private": private})
+        elif part:
+            room.emit("message", **{"from": nick, "text": part, "private": private})

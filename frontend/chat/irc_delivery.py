@@ -28,13 +28,16 @@ PING_PREFIX = "gr-ack-"
 class DeliveryTracker:
     """Holds written lines until the server confirms them, then calls ``deliver`` for each."""
 
+    __slots__ = ("mode", "echo", "_deliver", "_unechoed", "_unconfirmed", "_pinged", "_seq", "settled")
+
     def __init__(self, mode: str, deliver: Deliver) -> None:
         if mode not in ("pong", "write"):
             raise ValueError(f"irc_ack must be 'pong' or 'write', not {mode!r}")
         self.mode = mode
         self.echo = False
         self._deliver = deliver
-        self._unechoed: deque[tuple[Hashable, OutLine]] = deque()
+        #: made when echo-message is on (a deque is 0.6 KB; most servers have no echo)
+        self._unechoed: deque[tuple[Hashable, OutLine]] | None = None
         self._unconfirmed: list[tuple[Hashable, OutLine]] = []
         self._pinged: tuple[str, list[tuple[Hashable, OutLine]]] | None = None
         self._seq = 0
@@ -46,15 +49,19 @@ class DeliveryTracker:
         """The connection is gone: every unconfirmed line, oldest first, to be sent again."""
         lines = list(self._pinged[1]) if self._pinged else []
         lines += self._unconfirmed
-        lines += self._unechoed
+        if self._unechoed:
+            lines += self._unechoed
+            self._unechoed.clear()
         self._pinged, self._unconfirmed = None, []
-        self._unechoed.clear()
         self.echo = False
         self.settled.set()
         return lines
 
     def written(self, key: Hashable, line: OutLine) -> None:
-        if self.echo and line.data.startswith(b"PRIVMSG "):
+        data = line.data
+        if self.echo and data is not None and data.startswith(b"PRIVMSG "):
+            if self._unechoed is None:
+                self._unechoed = deque()
             self._unechoed.append((key, line))
             self.settled.clear()
         elif self.mode == "pong" and line.on_sent is None:

@@ -1,4 +1,5 @@
-"""Pure helpers for the IRC adapter: outgoing lines within 512 bytes, nick fallbacks, case folding.
+"""Pure helpers for the IRC adapter: outgoing lines within 512 bytes, nick fallbacks, case folding, and
+the few server strings that go back out (a PING's token, a nick the server gave us), checked first.
 
 Everything here is unit-tested byte for byte; nothing here does I/O.
 """
@@ -6,15 +7,22 @@ Everything here is unit-tested byte for byte; nothing here does I/O.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Iterator
 
-from ..text import irc_lines, split_utf8
+from ..text import assert_safe_line, irc_lines, split_utf8
 
 #: RFC 2812: 512 bytes per line including CRLF
 LINE_LIMIT = 512
 #: what the server prepends when it relays our line: ":nick!user@host " — user and host unknown
 #: until we see our own JOIN, so assume the longest usual ones (USERLEN 10, HOSTLEN 63)
 UNKNOWN_USERHOST_LEN = 1 + 10 + 1 + 63
+#: the most a line budget reserves for ":nick!user@host " whatever the server claims (nick 64 bytes)
+MAX_PREFIX_LEN = 1 + 64 + UNKNOWN_USERHOST_LEN + 1
+#: a PING token is echoed back at most this long
+MAX_PING_TOKEN = 400
+_LINE_UNSAFE = re.compile("[\x00\r\n]")
+_NICK_UNSAFE = re.compile(r"[\s,\x00-\x1f\x7f]")
 
 _RFC1459 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ[]\\~", "abcdefghijklmnopqrstuvwxyz{}|^")
 
@@ -36,8 +44,24 @@ def nick_candidates(nick: str) -> Iterator[str]:
 
 
 def prefix_len(nick: str, userhost_len: int | None) -> int:
-    """Length of ':nick!user@host ' as the server will relay it."""
-    return 1 + len(nick.encode()) + (UNKNOWN_USERHOST_LEN if userhost_len is None else userhost_len) + 1
+    """Length of ':nick!user@host ' as the server will relay it (bounded: a server cannot make our
+    lines' budget vanish by claiming a huge host)."""
+    length = 1 + len(nick.encode()) + (UNKNOWN_USERHOST_LEN if userhost_len is None else userhost_len) + 1
+    return min(length, MAX_PREFIX_LEN)
+
+
+def valid_server_nick(nick: str) -> bool:
+    """A nick a server gave us (001, NICK) that we may adopt: non-empty, at most 64 bytes, no
+    spaces, commas or control characters."""
+    return bool(nick) and len(nick.encode()) <= 64 and not _NICK_UNSAFE.search(nick)
+
+
+def pong_line(token: str) -> bytes:
+    """``PONG :token`` for a server's PING: the token without NUL, CR or LF, cut to fit."""
+    token = _LINE_UNSAFE.sub("", token)
+    if len(token.encode()) > MAX_PING_TOKEN:
+        token = split_utf8(token, MAX_PING_TOKEN)[0]
+    return assert_safe_line(f"PONG :{token}\r\n".encode())
 
 
 def message_lines(verb: str, target: str, text: str, *, prefix: int, action: bool = False) -> list[bytes]:

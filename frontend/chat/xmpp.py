@@ -1,125 +1,104 @@
-"""XMPP adapter: one slixmpp client stream, shared by the MUC rooms of one JID (XEP-0045).
+"""XMPP adapter: one slixmpp client stream, shared by the MUC rooms of one JID (XEP-0045), composed
+the same way as the IRC adapter:
 
-Sides (see ``aio`` for the bridge): slixmpp and our stanza handlers (``xmpp_events``) run on the asyncio
-loop greenlet; the session's ``main`` greenlet connects, keeps the stream alive and reconnects with
-capped exponential backoff and full jitter; its ``writer`` greenlet sends the rooms' lines from a fair
-SendQueue (flood control only with a spec ``flood``) in batches, one ``aio.call`` per batch. A command
-is acked once its stanza was handed to slixmpp's stream. Rooms are joined with ``maxstanzas=0``,
+    XmppSession    (this file) the stream's lifecycle: connect, keepalive, writer; slixmpp's events
+      MucRooms     xmpp_muc.py: the MUCs, the rooms on each, occupants, joins, self-ping, sending
+      StanzaEvents xmpp_stanzas.py: presences and messages -> room events
+      BoundedClient xmpp_client.py: slixmpp's ClientXMPP, stanza size bounded, no roster
+    base.SessionBase  the reconnect loop with backoff, drop reporting, close with drain
+
+Sides (see ``asyncio_bridge``): slixmpp and the stanza handlers run on the asyncio loop greenlet; the
+session's ``main`` greenlet connects, keeps the stream alive and reconnects with capped exponential
+backoff and full jitter; its ``writer`` greenlet sends the rooms' lines from a fair SendQueue (flood
+control only with a spec ``flood``) in batches, one ``asyncio_bridge.call`` per batch. A command is
+acked once its stanza was handed to slixmpp's stream. Rooms are joined with ``maxstanzas=0``,
 rejoined after a lost stream unless XEP-0198 resumed it, and watched with MUC self-ping (XEP-0410).
-MUC membership lives in ``xmpp_muc``, stanza -> event translation in ``xmpp_events``.
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import logging
-import ssl
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Optional
 
 import gevent
 import gevent.event
-import slixmpp
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout
 
 from ..config import Settings
 from ..counters import Counters
-from ..pacing import Backoff, TokenBucket
-from ..protocol import Command, XmppSpec
+from ..protocol import Command, Spec, XmppSpec
 from ..text import xml_text
-from . import aio
-from .base import RoomLink
-from .sendqueue import OutLine, SendQueue, queue_command, report_drop, report_unsent
-from .xmpp_events import Muc, bare
-from .xmpp_muc import MucJoins
+from . import asyncio_bridge as aio
+from .base import ConnectionLost, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate
+from .sendqueue import queue_command
+from .xmpp_client import BoundedClient, make_client
+from .xmpp_muc import MucRooms
 from .xmpp_selfping import install as install_self_ping_fix
+from .xmpp_stanzas import StanzaEvents
 
 log = logging.getLogger(__name__)
 # slixmpp logs stanzas (SASL payloads included) at DEBUG: keep secrets out of the logs whatever our level
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
 
 WRITE_BATCH = 256
-PLUGINS = ("xep_0030", "xep_0004", "xep_0045", "xep_0199", "xep_0203", "xep_0198", "xep_0410")
 install_self_ping_fix()  # slixmpp's XEP-0410 scheduler leaks a task per quiet interval otherwise
 
 
-class XmppSession(MucJoins):
+class XmppSession(SessionBase):
     """One XMPP client stream and the MUC rooms on it."""
 
     protocol = "xmpp"
+    flood_by_default = False
+    __slots__ = ("nick", "client", "mucs", "stanzas", "online", "_host", "_up", "_down", "_down_reason",
+                 "_login_failed", "_writer")
 
     def __init__(self, spec: XmppSpec, *, settings: Settings, counters: Counters,
-                 pace_connect: Callable[[str], None], label: str) -> None:
-        self.spec = spec
-        self.settings = settings
-        self.counters = counters
-        self.label = label  # host:port/jid, never a secret
+                 pace_connect: Callable[[str], None], index: int = 0, label: Optional[str] = None,
+                 pace_events: Optional[Callable[[], None]] = None, gate: Optional[SpeakGate] = None) -> None:
+        # pace_events is for readers that may block; slixmpp reads on the shared asyncio loop, which
+        # must never block, so an XMPP session does not take it
+        self._host = spec.host or JID(spec.jid).domain
+        super().__init__(spec, settings=settings, counters=counters, pace_connect=pace_connect,
+                         label=label or f"{spec.host or ''}:{spec.port}/{spec.jid}", gate=gate)
         self.nick = spec.nick  # the nick of the last room joined (rooms may use different nicks)
-        self._pace_connect = pace_connect
-        self._server = spec.host or JID(spec.jid).domain
-        self._mucs: dict[str, Muc] = {}  # bare MUC JID -> Muc
-        flood = spec.flood
-        bucket = TokenBucket(flood.rate, flood.burst) if flood not in (None, False, True) else None
-        self.queue = SendQueue(bucket, settings.room_queue_max, self._dropped)  # type: ignore[arg-type]
-        self._online = False
+        self.mucs = MucRooms(self)
+        self.stanzas = StanzaEvents(self, self.mucs)
+        self.online = False
         self._up = gevent.event.Event()
         self._down = gevent.event.Event()
         self._down_reason = ""
         self._login_failed = False
-        self._closing = gevent.event.Event()
-        self._drained = gevent.event.Event()
-        self.connected_at = 0.0
         #: made by the main greenlet: the pool calls this constructor and must not be made to wait,
         #: or another room could create a second session for the same key meanwhile
-        self.client: slixmpp.ClientXMPP = None  # type: ignore[assignment]
-        self._main = gevent.spawn(self._run)
-        self._main.name = f"xmpp {label}"
+        self.client: BoundedClient = None  # type: ignore[assignment]
+        self._start()
         self._writer = gevent.spawn(self._write_loop)
-        self._writer.name = f"xmpp-writer {label}"
+        self._writer.name = f"xmpp-writer {self.label}"
 
     # ------------------------------------------------------------------ ChatSession (room greenlets)
     @property
     def room_count(self) -> int:
-        return len(self._mucs)
+        return len(self.mucs.seats)
 
-    @property
-    def closing(self) -> bool:
-        return self._closing.is_set()
-
-    def idle(self) -> bool:
-        return not self._mucs
+    def accepts(self, spec: Spec) -> bool:
+        return True  # a stream can be in any number of MUCs
 
     def attach(self, room: RoomLink) -> None:
-        muc = Muc(room, Backoff(self.settings.reconnect_min * 5, self.settings.reconnect_max))
-        old = self._mucs.get(muc.jid)
-        if old is not None and old.room is not room:
-            log.warning("room %s: takes %s over from room %s on %s", room.id, muc.jid, old.room.id, self.label)
-            self._forget(old, "replaced")
-        self._mucs[muc.jid] = muc
-        if self._online:
-            room.set_state("joining")
-            aio.post(self._send_join, muc)
-        else:
-            room.set_state("connecting")
+        self.mucs.attach(room)
 
-    def detach(self, room: RoomLink, reason: str) -> None:
-        muc = self._find(room)
-        if muc is None:
-            return
-        if muc.state == "joined" and self._online:
-            # leave after the lines the room already submitted
-            self.queue.put(muc.jid, OutLine(("part", muc.jid, reason), on_sent=lambda: self._forget(muc, reason)))
-        else:
-            if muc.state == "joining" and self._online:
-                aio.post(self._send_leave, muc.jid, muc.nick, reason)
-            self._forget(muc, reason)
+    def detach(self, room: RoomLink, reason: str, *, silent: bool = False) -> None:
+        self.mucs.detach(room, reason, silent)
 
     def submit(self, room: RoomLink, command: Command) -> None:
-        muc = self._find(room)
-        if muc is None:
+        seat = self.mucs.seat_of(room)
+        if seat is None:
+            room.emit("error", code="bad_command", detail="the room is not attached to this stream",
+                      cmd_id=command.cmd_id)
+            room.ack(command)
             return
+        muc = seat.place
         text = xml_text(command.text or "")
         lines = [line for line in text.split("\n") if line.strip()]
         if command.type == "topic":
@@ -128,111 +107,73 @@ class XmppSession(MucJoins):
             kind = "chat" if command.to else "groupchat"
             prefix = "/me " if command.type == "action" else ""
             items = [(kind, muc.jid, prefix + line, command.to) for line in lines]
-        queue_command(self.queue, muc.jid, room, command, items, self.settings.max_line_age)
+        queue_command(self.queue, seat, room, command, items, self.settings.max_line_age)
 
-    def close(self, reason: str, timeout: float = 2.0) -> None:
-        """Send what joined rooms queued (within ``timeout``), close the stream, and stop."""
-        deadline = time.monotonic() + timeout
-        self._closing.set()
-        if self._online:
-            while self.queue.has_ready() and time.monotonic() < deadline:
-                self._drained.clear()
-                self.queue.wake.set()
-                self._drained.wait(max(0.0, deadline - time.monotonic()))
+    def nick_for(self, room: RoomLink) -> str:
+        """The nick the room has (rooms sharing a stream may have different nicks)."""
+        muc = self.mucs.of(room)
+        return muc.nick if muc is not None else self.nick
+
+    def last_room_gone(self) -> None:
+        if not self._closing.is_set():
+            self._closing.set()  # the pool never hands a closing session a new room
+            gevent.spawn(self.close, "parted", 2.0)
+
+    # ------------------------------------------------------------------------- SessionBase hooks
+    def _rooms(self) -> Iterable[RoomLink]:
+        return self.mucs.rooms()
+
+    def _seat(self, room: RoomLink) -> Optional[Seat]:
+        return self.mucs.seat_of(room)
+
+    def _room_state(self, room: RoomLink, state: str, error: Optional[str]) -> None:
+        muc = self.mucs.of(room)
+        if muc is None or muc.state != "failed":
+            room.set_state(state, error=error)
+
+    def _server(self) -> str:
+        return self._host
+
+    def _can_drain(self) -> bool:
+        return self.online
+
+    def _goodbye(self, reason: str, deadline: float) -> None:
         self._writer.kill(block=False)
         left = max(0.1, deadline - time.monotonic())
         try:
-            if self._online:  # close the stream politely: the server sends our unavailable presences
+            if self.online:  # close the stream politely: the server sends our unavailable presences
                 aio.call(self._disconnect, reason, min(left, 1.0), timeout=left)
                 self._down.wait(min(left, 1.5))
         except (gevent.Timeout, Exception) as exc:  # closing anyway
             log.debug("xmpp %s: disconnect: %r", self.label, exc)
-        self._main.kill(block=True, timeout=1)
+
+    def _closed(self) -> None:
         aio.post(self._dispose)
 
-    def nick_for(self, room: RoomLink) -> str:
-        """The nick the room has (rooms sharing a stream may have different nicks)."""
-        muc = self._find(room)
-        return muc.nick if muc is not None else self.nick
-
-    def depth(self, room: RoomLink) -> int:
-        muc = self._find(room)
-        return self.queue.depth(muc.jid) if muc is not None else 0
-
-    # ------------------------------------------------------------------------------- bookkeeping
-    def _find(self, room: RoomLink) -> Muc | None:
-        muc = self._mucs.get(bare(room.spec.muc))  # type: ignore[union-attr]
-        return muc if muc is not None and muc.room is room else None
-
-    def _forget(self, muc: Muc, reason: str) -> None:
-        if self._mucs.get(muc.jid) is not muc:
-            return
-        del self._mucs[muc.jid]
-        muc.cancel_timer()
-        if muc.state == "joined":
-            aio.post(self._self_ping, muc.jid, muc.nick, False)
-        muc.state = "idle"
-        room = muc.room
-        report_unsent(room, self.queue.remove(muc.jid))
-        room.set_state("parted")
-        room.emit("parted", reason=reason)
-        if not self._mucs and not self._closing.is_set():
-            self._closing.set()  # the pool never hands a closing session a new room
-            gevent.spawn(self.close, "parted", 2.0)
-
-    def _dropped(self, key: Any, line: OutLine, code: str) -> None:
-        self.counters["line_drops:" + code] += 1
-        muc = self._mucs.get(key)
-        if muc is not None:
-            report_drop(muc.room, line, code, self.queue.max_per_room)
-
-    def _rooms_state(self, state: str, error: str | None = None) -> None:
-        for muc in list(self._mucs.values()):
-            if muc.state != "failed":
-                muc.room.set_state(state, error=error)
+    def _prepare(self) -> None:
+        self.client = aio.call(self._make_client)
 
     # ------------------------------------------------------------------------------- main greenlet
-    def _run(self) -> None:
-        self.client = aio.call(self._make_client)
-        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
-        while not self._closing.is_set():
-            self._rooms_state("connecting")
-            self._pace_connect(self._server)
-            if self._closing.is_set():
-                break
-            reason = self._session_once()
-            if self._login_failed:
-                for muc in list(self._mucs.values()):
-                    muc.room.emit("error", code="join_failed", detail=reason)
-            if self._closing.is_set():
-                break
-            if self.connected_at and time.monotonic() - self.connected_at > self.settings.reconnect_reset_after:
-                backoff.reset()
-            delay = backoff.next()
-            self.counters["chat_reconnects:xmpp"] += 1
-            log.warning("xmpp %s: %s; reconnecting in %.1fs", self.label, reason, delay)
-            self._rooms_state("backoff", reason)
-            self._closing.wait(delay)
-        log.info("xmpp %s: closed", self.label)
-
-    def _session_once(self) -> str:
-        """Connect, serve until the stream ends; return why it ended."""
+    def _session_once(self) -> None:
+        """Connect, serve until the stream ends; raise to say why it ended."""
         self._up.clear()
         self._down.clear()
         self._down_reason = ""
         self._login_failed = False
-        self.connected_at = 0.0
         aio.call(self._connect)
         ready = gevent.wait([self._up, self._down], count=1, timeout=self.settings.connect_timeout)
         if not ready:
             aio.call(self._abort)
             self._down.wait(2.0)
-            return "connecting timed out"
+            raise ConnectionLost("connecting timed out")
         while not self._down.is_set():
             if self._down.wait(self.settings.ping_interval):
                 break
             self._keepalive()
-        return self._down_reason or "the stream ended"
+        reason = self._down_reason or "the stream ended"
+        if self._login_failed:
+            raise LoginFailed(reason)
+        raise ConnectionLost(reason)
 
     def _keepalive(self) -> None:
         """Ping the server; a stream that does not answer within ``ping_timeout`` is dropped."""
@@ -252,31 +193,30 @@ class XmppSession(MucJoins):
             log.info("xmpp %s: ping failed: %r", self.label, exc)
 
     def _ping_target(self) -> str:
-        return JID(self.spec.jid).domain
+        return JID(self.spec.jid).domain  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------------------ writer greenlet
     def _write_loop(self) -> None:
-        queue = self.queue
+        queue, gate = self.queue, self.gate
         while True:
             queue.wake.wait()
             queue.wake.clear()
             while True:
-                taken, wait = queue.take(WRITE_BATCH) if self._online else ([], 0.0)
+                taken, wait = queue.take(WRITE_BATCH) if self.online and gate.open else ([], 0.0)
                 if taken:
                     try:
-                        unsent = aio.call(self._send_lines, taken, timeout=30.0)
+                        unsent = aio.call(self.mucs.send_lines, taken, timeout=30.0)
                     except (gevent.Timeout, Exception) as exc:
                         log.warning("xmpp %s: sending failed: %r", self.label, exc)
                         unsent = list(range(len(taken)))
                     if unsent:
                         queue.put_front([taken[i] for i in unsent])
                     skip = set(unsent)
-                    for i, (key, line) in enumerate(taken):
+                    for i, (seat, line) in enumerate(taken):
                         if i in skip:
                             continue
-                        muc = self._mucs.get(key)
-                        if line.command is not None and muc is not None:
-                            muc.room.ack(line.command)
+                        if line.command is not None:
+                            seat.room.ack(line.command)
                         if line.on_sent is not None:
                             line.on_sent()
                     if unsent:
@@ -287,30 +227,18 @@ class XmppSession(MucJoins):
                     continue
                 if not taken:
                     break
+            if self.online and not gate.open and queue.has_ready():
+                gevent.wait([queue.wake, gate.opened], count=1)  # the speak gate holds the lines
+                queue.wake.set()
+                continue
             self._drained.set()
 
     # ====================================================================== on the asyncio loop
-    def _make_client(self) -> slixmpp.ClientXMPP:
-        spec = self.spec
-        client = slixmpp.ClientXMPP(spec.jid, spec.password, ssl_context=_tls_context())
-        client.loop = aio.loop()
-        if spec.tls:
-            direct = spec.port in (5223, 443)
-            client.enable_direct_tls, client.enable_starttls = direct, not direct
-            client.enable_plaintext = False
-        else:
-            if spec.host and not _is_local(spec.host):
-                log.warning("xmpp %s: tls is off for a server that is not local", self.label)
-            client.enable_direct_tls = client.enable_starttls = False
-            client.enable_plaintext = True
-            mechanisms = client.plugin["feature_mechanisms"]
-            mechanisms.unencrypted_plain = True
-            mechanisms.unencrypted_scram = True
-        for name in PLUGINS:
-            client.register_plugin(name)
-        client.plugin["xep_0410"].ping_interval = self.settings.ping_interval
-        client.plugin["xep_0410"].ping_timeout = self.settings.ping_timeout
+    def _make_client(self) -> BoundedClient:
+        client = make_client(self.spec, label=self.label, counters=self.counters,  # type: ignore[arg-type]
+                             settings=self.settings, on_too_big=self._on_too_big)
         on = client.add_event_handler
+        stanzas, mucs = self.stanzas, self.mucs
         on("session_start", self._on_session_start)
         on("session_resumed", self._on_session_resumed)
         on("disconnected", self._on_disconnected)
@@ -318,16 +246,17 @@ class XmppSession(MucJoins):
         on("reconnect_delay", self._on_reconnect_delay)
         on("failed_all_auth", self._on_failed_auth)
         on("stream_error", lambda e: log.warning("xmpp %s: stream error %s", self.label, e["condition"]))
-        on("groupchat_presence", self._on_muc_presence)
-        on("presence_error", self._on_presence_error)
-        on("groupchat_message", self._on_groupchat_message)
-        on("groupchat_subject", self._on_subject)
-        on("message", self._on_message)
-        on("muc_ping_changed", self._on_muc_ping)
+        on("groupchat_presence", stanzas.on_muc_presence)
+        on("presence_error", stanzas.on_presence_error)
+        on("groupchat_message", stanzas.on_groupchat_message)
+        on("groupchat_subject", stanzas.on_subject)
+        on("message", stanzas.on_message)
+        on("muc_ping_changed", mucs.on_muc_ping)
         return client
 
     def _connect(self) -> None:
-        self.client.connect(self.spec.host, self.spec.port) if self.spec.host else self.client.connect()
+        spec: XmppSpec = self.spec  # type: ignore[assignment]
+        self.client.connect(spec.host, spec.port) if spec.host else self.client.connect()
 
     def _abort(self) -> None:
         self.client.cancel_connection_attempt()
@@ -351,6 +280,9 @@ class XmppSession(MucJoins):
         transport = self.client.transport
         return transport is not None and transport.get_extra_info("sslcontext") is not None
 
+    def _on_too_big(self, why: str) -> None:
+        self._down_reason = why
+
     def _on_session_start(self, _event: Any) -> None:
         if self.spec.tls and not self._encrypted():
             self._login_failed = True
@@ -358,36 +290,31 @@ class XmppSession(MucJoins):
             self._abort()
             return
         log.info("xmpp %s: session started as %s", self.label, self.client.boundjid)
-        self._online = True
+        self.online = True
         self.connected_at = time.monotonic()
         self._up.set()
-        for muc in list(self._mucs.values()):
+        for muc in list(self.mucs.by_jid.values()):
             if muc.state != "failed":
                 muc.state = "idle"
                 muc.restart_nicks()
-                self._send_join(muc)
+                self.mucs.send_join(muc)
 
     def _on_session_resumed(self, _event: Any) -> None:
         log.info("xmpp %s: stream resumed (XEP-0198)", self.label)
-        self._online = True
+        self.online = True
         self.connected_at = time.monotonic()
         self._up.set()
-        for muc in list(self._mucs.values()):
+        for muc in list(self.mucs.by_jid.values()):
             if muc.state == "joined":
-                self._muc_joined(muc, set(), resumed=True)
+                self.mucs.joined(muc, set(), resumed=True)
             elif muc.state in ("idle", "joining"):
-                self._send_join(muc)
+                self.mucs.send_join(muc)
 
     def _on_disconnected(self, reason: Any) -> None:
-        self._online = False
+        self.online = False
         if not self._down_reason:
             self._down_reason = f"stream closed ({reason})" if reason else "stream closed"
-        for muc in self._mucs.values():
-            muc.cancel_timer()
-            self.queue.disable(muc.jid)
-            self._self_ping(muc.jid, muc.nick, False)
-            if muc.state == "joining":
-                muc.state = "idle"
+        self.mucs.disconnected()
         self._down.set()
 
     def _on_connection_failed(self, error: Any) -> None:
@@ -402,23 +329,3 @@ class XmppSession(MucJoins):
         self._login_failed = True
         self._down_reason = ("authentication failed" if self.spec.tls or self._encrypted()
                              else "authentication failed (or no mechanism allowed without TLS)")
-
-
-@functools.lru_cache(maxsize=None)
-def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context for every stream: building one costs ~40 ms of CPU (CA loading),
-    which slixmpp would otherwise spend per client while every greenlet waits."""
-    context = ssl.create_default_context()
-    context.check_hostname = True
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
-
-
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return address.is_loopback or address.is_private

@@ -104,16 +104,61 @@ def socket_round(n: int = N) -> float:
     return us
 
 
-def main() -> None:
+def irc_paths() -> tuple:
+    """The per-line parse before issue 14 (jaraco's private regex, its Arguments and NickMask, the
+    command upper-cased for a dict of raw commands) and now (``irc_wire.parse``, one lookup in the
+    table keyed by raw command, the nick); and the two line buffers."""
     import irc.client
+    from irc.message import Arguments
+    from jaraco.stream.buffer import DecodingLineBuffer
 
+    from frontend.chat.irc import _BY_COMMAND
+    from frontend.chat.irc_wire import LineReader, parse
+
+    regex, nickmask, from_group = irc.client._rfc_1459_command_regexp, irc.client.NickMask, Arguments.from_group
+    table = _BY_COMMAND
+
+    def old(line: str) -> tuple:
+        group = regex.match(line).group
+        command = group("command").upper()
+        args = from_group(group("argument"))
+        prefix = group("prefix")
+        source = nickmask(prefix) if prefix else None
+        return table.get(command), args, source.nick
+
+    def new(line: str) -> tuple:
+        msg = parse(line)
+        return table.get(msg.command), msg.params, msg.nick
+
+    def old_buffer(chunk: bytes) -> list:
+        buffer = DecodingLineBuffer()
+        buffer.errors = "replace"
+        buffer.feed(chunk)
+        return list(buffer)
+
+    reader = LineReader()
+    return old, new, old_buffer, reader.feed
+
+
+def main() -> None:
+    text = LINE[:-2].decode()
+    tagged = "@time=2026-01-01T00:00:00.000Z;account=alice " + text
+    chunk = LINE * 500
+    irc_old_path, irc_new_path, irc_old_buffer, irc_reader = irc_paths()
     rows = [
         ("ujson.loads of a say command", per_call(lambda: ujson.loads(SAY))),
         ("ujson.dumps of a message event", per_call(lambda: ujson.dumps(
             {"type": "message", "room": "r17", "protocol": "irc", "from": "nick", "text": "x" * 60,
              "private": False, "event_id": "0123456789ab-1f", "ts": 1763900000.123}))),
-        ("IRC line regex match (irc.client)", per_call(
-            lambda: irc.client._rfc_1459_command_regexp.match(LINE[:-2].decode()))),
+        ("IRC line parse, before issue 14 (irc.client regex, Arguments, NickMask)",
+         per_call(lambda: irc_old_path(text))),
+        ("IRC line parse, irc_wire.parse + table lookup + nick", per_call(lambda: irc_new_path(text))),
+        ("IRC line parse with IRCv3 tags, before", per_call(lambda: irc_old_path(tagged))),
+        ("IRC line parse with IRCv3 tags, irc_wire", per_call(lambda: irc_new_path(tagged))),
+        ("IRC lines out of 500-line chunks, before (DecodingLineBuffer), per line",
+         per_call(lambda: irc_old_buffer(chunk), N // 500) / 500),
+        ("IRC lines out of 500-line chunks, irc_wire.LineReader, per line",
+         per_call(lambda: irc_reader(chunk), N // 500) / 500),
         ("gevent Queue hand-off to a blocked greenlet (put, switch, get, switch back)", queue_handoff()),
         ("Event.set waking a blocked greenlet (and back)", event_wakeup()),
         ("gevent.spawn + run + finish a greenlet (gevent's default: spawn tree tracked)", spawn_run()),

@@ -1,6 +1,6 @@
 """Running a coroutine to completion from a greenlet, whether or not an asyncio loop already runs.
 
-Once ``frontend.chat.aio`` started its loop (parked in a greenlet of this thread), ``asyncio.run`` can
+Once ``frontend.chat.asyncio_bridge`` started its loop (parked in a greenlet of this thread), ``asyncio.run`` can
 no longer be used in this process: tests that drive asyncio code go through ``run_async``.
 """
 
@@ -18,7 +18,7 @@ _own_loop: Optional[asyncio.AbstractEventLoop] = None
 def run_async(factory: Callable[[], Awaitable[T]], timeout: float = 30.0) -> T:
     """Run ``factory()`` to completion from this greenlet on an asyncio_gevent loop.
 
-    When a loop already runs in this thread (``frontend.chat.aio``'s, parked in its own greenlet),
+    When a loop already runs in this thread (``frontend.chat.asyncio_bridge``'s, parked in its own greenlet),
     the coroutine goes to that loop through ``call_soon_threadsafe`` (which wakes its selector) and this
     greenlet waits on a gevent ``AsyncResult``: a second loop cannot run in the same thread. Otherwise
     our own loop (the policy makes it an ``asyncio_gevent.EventLoop``) runs until the coroutine is done.

@@ -12,7 +12,7 @@ import gevent.queue
 import pytest
 import slixmpp
 
-from frontend.chat import aio
+from frontend.chat import asyncio_bridge as aio
 from tests.support.frontend import Events, running_frontend
 
 _seq = itertools.count()

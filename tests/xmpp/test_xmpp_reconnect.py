@@ -10,7 +10,7 @@ import pytest
 import ujson
 from slixmpp import JID
 
-from frontend.chat import aio
+from frontend.chat import asyncio_bridge as aio
 from tests.support.frontend import Events, push, running_frontend
 from tests.support.tcp_proxy import TcpProxy
 from tests.xmpp.conftest import XmppUser, uniq, xmpp_spec

@@ -18,7 +18,9 @@ How it works
   calling greenlet waits on it (cooperative), with a timeout. No busy waiting anywhere.
 * The other direction: code that runs *on* the loop (slixmpp event handlers) may call gevent objects
   that never block (``Event.set``, ``Queue.put_nowait``, ``RoomLink`` methods), never anything that
-  waits. ``call``/``run`` from the loop greenlet itself would deadlock; ``call`` runs the function
+  waits for the loop. One deliberate exception: ``xmpp_client`` yields (``base.give_turn``) between
+  slices of a large read, so a burst of stanzas cannot hold every other greenlet; the loop simply
+  resumes where it was. ``call``/``run`` from the loop greenlet itself would deadlock; ``call`` runs the function
   directly there and ``run`` refuses.
 
 Only one loop may run in a thread, so test helpers (a slixmpp "human" client) must use ``loop()`` too.
