@@ -35,7 +35,6 @@ import gevent.event
 import redis
 
 from . import __version__
-from .chat.irc import IrcConnection
 from .config import Settings
 from .counters import Counters
 from .heartbeat import Heartbeat
@@ -43,7 +42,8 @@ from .incoming import IncomingDispatcher
 from .inflight import InflightLedger
 from . import scripts
 from .keys import Keys
-from .lease import LeaseKeeper, SpeakGate
+from .chat.base import SpeakGate
+from .lease import LeaseKeeper
 from .logs import Throttle, flush_throttles
 from .metrics import FrontendCollector, Health, MetricsServer, MetricsView, RedisPing, build_registry
 from .outgoing import OutgoingDispatcher
@@ -84,12 +84,6 @@ def raise_nofile_limit(rooms_hint: int = 0) -> int:
     return soft
 
 
-def _xmpp_factory(*args: Any, **kwargs: Any) -> Any:
-    from .chat.xmpp import XmppSession  # slixmpp is only imported when an XMPP room exists
-
-    return XmppSession(*args, **kwargs)
-
-
 class Frontend:
     """One greenroom process: the parts, wired."""
 
@@ -106,8 +100,10 @@ class Frontend:
                                      max_bytes=settings.inflight_max_bytes,
                                      wake_writer=lambda: self.outbox.wake.set())
         self.outbox = OutgoingDispatcher(DirectLink(settings), settings, keys, self.ledger, counters)
-        self.sessions = SessionPool(settings, {"irc": IrcConnection, "xmpp": _xmpp_factory},
-                                    counters=counters, pace_events=self.outbox.wait_for_room)
+        #: open while this frontend's lease is surely valid: sessions send no room line while closed
+        self.gate = SpeakGate(open=False)
+        self.sessions = SessionPool(settings, counters=counters, pace_events=self.outbox.wait_for_room,
+                                    gate=self.gate)
         self.tenants = TenantTable(self.redis, keys)
         sealer = sealer_from_settings(settings)  # raises ConfigError for a bad key (never shown)
         self.registry = RoomRegistry(
@@ -125,7 +121,6 @@ class Frontend:
         self.router = self._router()
         #: one router more per scoped tenant, for its own intake (``sync_tenants``)
         self.tenant_routers: dict[str, Router] = {}
-        self.gate = SpeakGate()
         self.lease = LeaseKeeper(self.redis, keys, fid, settings=lambda: self.settings, gate=self.gate,
                                  counters=counters, on_lost=self._lost, on_drain=self._drain,
                                  housekeeping=self._housekeeping)

@@ -24,6 +24,7 @@ import gevent.event
 import redis
 
 from . import scripts
+from .chat.base import SpeakGate
 from .config import Settings
 from .counters import Counters
 from .keys import Keys
@@ -32,28 +33,6 @@ from .redis_conn import REDIS_ANY
 from .service import Service
 
 log = logging.getLogger(__name__)
-
-
-class SpeakGate:
-    """Open while this frontend may speak in its rooms. Writers check ``open``; they wait on
-    ``opened`` while it is closed."""
-
-    __slots__ = ("open", "opened")
-
-    def __init__(self, open: bool = False) -> None:
-        self.open = open
-        self.opened = gevent.event.Event()
-        if open:
-            self.opened.set()
-
-    def set(self, open: bool) -> None:
-        if open == self.open:
-            return
-        self.open = open
-        if open:
-            self.opened.set()
-        else:
-            self.opened.clear()
 
 
 class LeaseKeeper(Service):
@@ -107,7 +86,7 @@ class LeaseKeeper(Service):
             log.warning("our lease had expired and frontend %s took our rooms over: leaving them without "
                         "a word", taken)
             self._on_lost(taken)
-        self.gate.set(True)
+        self.gate.set_open(True)
         was, self.draining = self.draining, draining in (b"1", "1", 1)
         if self.draining and self.held:
             self._on_drain()
@@ -124,7 +103,7 @@ class LeaseKeeper(Service):
         """Runs in the hub when the lease may have lapsed without a renewal: stop speaking."""
         self._closer = None
         if time.monotonic() >= self.valid_until and self.gate.open:
-            self.gate.set(False)
+            self.gate.set_open(False)
             self._counters["lease_gate_closed"] += 1
             self._throttle.warning("gate", "the lease was not renewed in time (Redis unreachable, or this "
                                    "process was paused): no room speaks until it is")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -273,11 +274,13 @@ class RoomRegistry:
         for room in rooms:
             room.shutdown()
         gevent.joinall([r.greenlet for r in rooms if r.greenlet is not None], timeout=timeout)
+        deadline = time.monotonic() + timeout
         for room in rooms:
             if room.greenlet is not None and not room.greenlet.dead:
                 room.greenlet.kill(block=False)
+            room.wait_sent(max(0.0, deadline - time.monotonic()))  # what it accepted goes out here ...
             if room.session is not None:
-                room.session.detach(room, reason)
+                room.session.detach(room, reason, silent=True)  # ... the rest with the ledger, to a peer
             self.rooms.pop(room.id, None)
         return [room.id for room in rooms]
 

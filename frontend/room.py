@@ -213,22 +213,24 @@ class Room:
         """The room moves to another frontend (``greenroom rebalance``): its earlier commands were
         handled; once their lines are out it leaves, and the registry hands it over."""
         assert self.session is not None
-        deadline = time.monotonic() + self._ctx.settings().shutdown_timeout * 2
-        while self.session.depth(self) and time.monotonic() < deadline:
-            gevent.sleep(0.05)
+        self.wait_sent(self._ctx.settings().shutdown_timeout * 2)
         self.parted = True
-        self.session.detach(self, "moving to another frontend")
+        self.session.detach(self, "moving to another frontend", silent=True)
         self.ack(command)
         if self._ctx.left is not None:
             self._ctx.left(self, "moved")
 
     def leave_silently(self) -> None:
-        """Another frontend holds this room now: leave the channel, send nothing more."""
+        """Another frontend holds this room now: leave the channel, send nothing more (what it had
+        queued stays in the ledger, which the other frontend took over)."""
         if self.session is not None:
-            try:
-                self.session.detach(self, "moved", silent=True)  # type: ignore[call-arg]
-            except TypeError:  # an adapter without silent detach
-                self.session.detach(self, "moved")
+            self.session.detach(self, "moved", silent=True)
+
+    def wait_sent(self, timeout: float) -> None:
+        """Until the room's queued lines went out (or ``timeout``): before it leaves for a peer."""
+        deadline = time.monotonic() + timeout
+        while self.session is not None and self.session.depth(self) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
 
     def _on_ping(self, command: Command) -> None:
         self.emit("pong", cmd_id=command.cmd_id)

@@ -575,7 +575,3 @@ def _by_command(table: dict) -> dict:
 
 
 _BY_COMMAND = _by_command(DISPATCH)
-
-#: the name this class had before the restructuring (``frontend/app.py`` imports it until it uses
-#: ``frontend.chat.default_factories()`` through the pool)
-IrcConnection = IrcSession

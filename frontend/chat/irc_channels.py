@@ -19,7 +19,7 @@ and all of them when the connection drops (the next JOIN's NAMES lists them agai
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional, Protocol
 
 import gevent
 from irc import ctcp
@@ -31,8 +31,26 @@ from .irc_format import fold, join_lines, reason_line
 from .irc_wire import Message
 from .sendqueue import OutLine, report_unsent
 
-if TYPE_CHECKING:
-    from .irc import IrcSession
+
+
+class ChannelHost(Protocol):
+    """What the channels use of the IRC session that owns them (``irc.IrcSession``)."""
+
+    label: str
+    settings: Any
+    counters: Any
+    queue: Any
+    gate: Any
+    nick: str
+    folded_nick: str
+    registered: bool
+
+    @property
+    def connected(self) -> bool: ...
+    def is_me(self, nick: Optional[str]) -> bool: ...
+    def send_urgent(self, lines: list[bytes]) -> None: ...
+    def last_room_gone(self) -> None: ...
+    def saw_own_source(self, source: str, nick: str) -> None: ...
 
 log = logging.getLogger(__name__)
 _throttled = Throttle(log, 60.0)
@@ -76,7 +94,7 @@ class IrcChannels:
 
     __slots__ = ("session", "by_name", "seats", "tracked", "_leaving")
 
-    def __init__(self, session: "IrcSession") -> None:
+    def __init__(self, session: ChannelHost) -> None:
         self.session = session
         self.by_name: dict[str, Channel] = {}
         self.seats: dict[RoomLink, Seat] = {}  # each room's current seat

@@ -12,14 +12,24 @@ What the server offers in ``CAP LS`` is kept only for the capabilities we use.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Iterator, Protocol
 
 from .base import LoginFailed
 from .irc_format import nick_candidates, sasl_plain_lines, valid_server_nick
 from .irc_wire import Message
 
-if TYPE_CHECKING:
-    from .irc import IrcSession
+
+
+class RegistrationHost(Protocol):
+    """What registration uses of the IRC session it registers (``irc.IrcSession``)."""
+
+    label: str
+    spec: Any
+    nick: str
+    delivery: Any
+
+    def send_urgent(self, lines: list[bytes]) -> None: ...
+    def registered_as(self, nick: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +46,7 @@ class Registration:
 
     __slots__ = ("session", "nicks", "tried", "sasl_pending", "cap_waiting", "cap_ended", "offered")
 
-    def __init__(self, session: "IrcSession") -> None:
+    def __init__(self, session: RegistrationHost) -> None:
         self.session = session
         self.nicks: Iterator[str] = nick_candidates(session.spec.nick)
         self.tried = 0

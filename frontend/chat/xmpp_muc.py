@@ -16,7 +16,7 @@ goes and when the stream drops.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Protocol
 
 from slixmpp import JID
 
@@ -27,8 +27,21 @@ from .base import RoomLink, Seat
 from .irc_format import nick_candidates
 from .sendqueue import OutLine, report_unsent
 
-if TYPE_CHECKING:
-    from .xmpp import XmppSession
+
+
+class MucHost(Protocol):
+    """What the MUC rooms use of the XMPP session that owns them (``xmpp.XmppSession``)."""
+
+    label: str
+    settings: Any
+    counters: Any
+    queue: Any
+    gate: Any
+    client: Any
+    nick: str
+    online: bool
+
+    def last_room_gone(self) -> None: ...
 
 log = logging.getLogger("frontend.chat.xmpp")
 _throttled = Throttle(log, 60.0)
@@ -93,7 +106,7 @@ class MucRooms:
 
     __slots__ = ("session", "by_jid", "seats", "tracked")
 
-    def __init__(self, session: "XmppSession") -> None:
+    def __init__(self, session: MucHost) -> None:
         self.session = session
         self.by_jid: dict[str, Muc] = {}
         self.seats: dict[RoomLink, Seat] = {}

@@ -12,7 +12,7 @@ message through a MUC reaches its first room only when all its rooms are of one 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..logs import Throttle
 from .base import RoomLink, single_tenant
@@ -21,7 +21,13 @@ from .xmpp_muc import Muc, MucRooms, bare
 if TYPE_CHECKING:
     from slixmpp.stanza import Message, Presence
 
-    from .xmpp import XmppSession
+
+class StanzaHost(Protocol):
+    """What the stanza handlers use of the XMPP session (``xmpp.XmppSession``)."""
+
+    label: str
+    settings: Any
+    counters: Any
 
 log = logging.getLogger("frontend.chat.xmpp")
 _throttled = Throttle(log, 60.0)
@@ -41,7 +47,7 @@ class StanzaEvents:
 
     __slots__ = ("session", "mucs")
 
-    def __init__(self, session: "XmppSession", mucs: MucRooms) -> None:
+    def __init__(self, session: StanzaHost, mucs: MucRooms) -> None:
         self.session = session
         self.mucs = mucs
 

@@ -16,6 +16,7 @@ import sys
 import time
 
 import gevent
+import gevent.event
 import pytest
 import redis
 import ujson
@@ -72,11 +73,12 @@ class Pinger:
     def __init__(self, client: redis.Redis, collector: Collector, room: str, every: float = 0.2) -> None:
         self.client, self.collector, self.room, self.every = client, collector, room, every
         self.sent: dict[str, float] = {}
+        self._stop = gevent.event.Event()
         self._greenlet = gevent.spawn(self._run)
 
     def _run(self) -> None:
         n = 0
-        while True:
+        while not self._stop.is_set():
             n += 1
             cmd_id = f"lat{n}"
             self.sent[cmd_id] = time.monotonic()
@@ -84,10 +86,12 @@ class Pinger:
                 push(self.client, {"type": "ping", "room": self.room, "cmd_id": cmd_id})
             except redis.RedisError:
                 self.sent.pop(cmd_id)
-            gevent.sleep(self.every)
+            self._stop.wait(self.every)
 
     def stop(self) -> dict:
-        self._greenlet.kill(block=True, timeout=2)
+        # between two pushes, never inside one: a ping killed half-sent would count as missing
+        self._stop.set()
+        self._greenlet.join(timeout=5)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if len(self._latencies()) == len(self.sent):
