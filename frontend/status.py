@@ -326,9 +326,10 @@ def fleet_frontends(client: redis.Redis, keys: Keys, state: Fleet) -> list[dict[
     return out
 
 
-def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+def overview(client: redis.Redis, keys: Keys, *, attention: int = 0) -> dict[str, Any]:
     """Everything `greenroom status` shows. ``alive`` counts the frontends whose lease is valid;
-    ``holding`` says whether every room is held by one of them."""
+    ``holding`` says whether every room is held by one of them. With ``attention``, also the first
+    that many rooms that are neither joined nor parted (the dashboard's list)."""
     by_state: dict[str, int] = {}
     by_protocol: dict[str, int] = {}
     state = fleet(client, keys)
@@ -338,9 +339,12 @@ def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         proto = row["protocol"] or "?"
         by_protocol[proto] = by_protocol.get(proto, 0) + 1
     fes = fleet_frontends(client, keys, state)
-    return {"ts": time.time(), "frontends": fes, "alive": sum(1 for fe in fes if fe["alive"]),
+    data = {"ts": time.time(), "frontends": fes, "alive": sum(1 for fe in fes if fe["alive"]),
             "rooms": {"total": len(all_rooms), "by_state": by_state, "by_protocol": by_protocol},
             "holding": holding(state), "lists": list_lengths(client, keys)}
+    if attention:
+        data["attention"] = [r for r in all_rooms if r["state"] not in ("joined", "parted")][:attention]
+    return data
 
 
 #: the fields of a history sample (heartbeat.py), in the order the dashboard's API sends them
@@ -349,11 +353,11 @@ HISTORY_FIELDS = ("ts", "received", "applied", "pushed", "control", "messages", 
 _SAMPLE_BYTES = 1024
 
 
-def history(client: redis.Redis, keys: Keys, since_ms: int = 0, *, limit: int = 8000,
-            chunk: int = 200) -> dict[str, Any]:
+def history(client: redis.Redis, keys: Keys, since_ms: int = 0, *, limit: int = 8000) -> dict[str, Any]:
     """The recent samples of every live frontend (``fleet:history:<id>``), oldest first, each a list
     in ``HISTORY_FIELDS`` order: those with ``ts >= since_ms``, at most ``limit`` per frontend.
-    ``now`` is the Redis time before the lists were read: the next call's ``since_ms``."""
+    ``now`` is the Redis time before the lists were read: the next call's ``since_ms``. The lists are
+    read newest first in growing pages, so a page that asks only for what is new reads a few items."""
     state = fleet(client, keys)
     out = []
     for fid in sorted(state.leases):
@@ -361,11 +365,12 @@ def history(client: redis.Redis, keys: Keys, since_ms: int = 0, *, limit: int = 
             continue
         key = keys.history("").encode("utf-8", "surrogateescape") + fid
         samples: list[list[float]] = []
-        start, done = 0, client.type(key) != b"list"
+        start, chunk, done = 0, 8, client.type(key) != b"list"
         while not done and start < limit:
             items = client.lrange(key, start, min(start + chunk, limit) - 1)
             start += chunk
             done = len(items) < chunk
+            chunk = min(chunk * 4, 2048)
             for raw in items:
                 sample = _sample(raw)
                 if sample is None:

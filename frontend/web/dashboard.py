@@ -397,9 +397,7 @@ def _join_command(form: Any) -> dict[str, Any]:
 
 
 def _overview(db: redis.Redis, keys: Keys) -> dict[str, Any]:
-    data = status.overview(db, keys)
-    data["attention"] = [r for r in status.rooms(db, keys) if r["state"] not in ("joined", "parted")][:50]
-    return data
+    return status.overview(db, keys, attention=50)
 
 
 def _age(seconds: Any) -> str:

@@ -86,6 +86,13 @@ def test_the_dashboard_reads_live_frontends_history_and_skips_hostile_samples(re
     # since: only what is newer (the dashboard asks for what it has not got yet)
     newer = status.history(redis_client, keys, since_ms=good[2]["ts"])["frontends"][0]["samples"]
     assert [s[0] for s in newer] == [good[2]["ts"], good[3]["ts"]]
+    # a long history is read whole, in pages, oldest first; `since` stops at what the page has already
+    redis_client.zadd(keys.leases, {"fe-long": now + 60000})
+    redis_client.lpush(keys.history("fe-long"), *[json.dumps({**good[0], "ts": now - 100000 + i}) for i in range(1000)])
+    long = {fe["id"]: fe["samples"] for fe in status.history(redis_client, keys)["frontends"]}["fe-long"]
+    assert [s[0] for s in long] == [now - 100000 + i for i in range(1000)]
+    tail = {fe["id"]: fe["samples"] for fe in status.history(redis_client, keys, now - 100000 + 990)["frontends"]}
+    assert [s[0] for s in tail["fe-long"]] == [now - 100000 + i for i in range(990, 1000)]
 
 
 def test_a_running_frontend_samples_its_counters(redis_url, redis_client):
