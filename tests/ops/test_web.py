@@ -283,36 +283,47 @@ def test_several_frontends_in_a_real_browser(redis_url, redis_client, ngircd, we
         push(redis_client, *[{"type": "say", "room": r, "text": f"line {n}"} for n in range(10) for r in rooms])
         # nobody consumes `messages` here: its length grows with the events (the lists chart shows it)
 
+        # the overview re-renders its figures and charts every 2 s: read them in one script each time,
+        # and click what is there now (an element found before a refresh is stale after it)
+        def shown(css: str) -> str | None:
+            return browser.execute_script("var e = document.querySelector(arguments[0]);"
+                                          "return e ? e.textContent.trim() : null;", css)
+
+        def click(css: str) -> None:
+            from selenium.common.exceptions import StaleElementReferenceException
+
+            for _ in range(20):
+                try:
+                    return browser.find_element("css selector", css).click()
+                except StaleElementReferenceException:
+                    continue
+            raise AssertionError(f"{css} kept going stale")
+
+        def drawn(fid: str, name: str, series: str) -> bool:
+            got = browser.execute_script(
+                "var svg = document.querySelector(arguments[0]); if (!svg) return null;"
+                "var path = svg.querySelector('path[data-series=\"' + arguments[1] + '\"]');"
+                "return [Number(svg.getAttribute('data-max')), path ? Number(path.getAttribute('data-points')) : 0];",
+                f'.fleet-chart[data-frontend="{fid}"] .chart[data-chart="{name}"] svg', series)
+            return bool(got) and got[0] > 0 and got[1] >= 2
+
         # overview: each frontend's lease, rooms held, and its live charts drawn from real samples
         browser.get(web + "/")
         assert text(browser, "#frontends-count") == "2"
-        assert text(browser, "#rooms-not-held") == "0"
+        assert shown("#rooms-not-held") == "0"
         for fid in ("fe-wa", "fe-wb"):
-            row = browser.find_element("css selector", f'#frontends tr[data-frontend="{fid}"]')
-            assert "alive" in row.text
-            assert row.find_element("css selector", "td.held").text == str(len(_held(redis_client, fid)))
-            assert 0 < float(row.find_element("css selector", "td.lease").text.rstrip("s")) <= 3
-
-        def chart(fid: str, name: str):
-            found = browser.find_elements("css selector", f'.fleet-chart[data-frontend="{fid}"] '
-                                                          f'.chart[data-chart="{name}"] svg')
-            return found[0] if found else None
-
-        def drawn(fid: str, name: str, series: str) -> bool:
-            svg = chart(fid, name)
-            if svg is None or float(svg.get_attribute("data-max")) <= 0:
-                return False
-            path = svg.find_element("css selector", f'path[data-series="{series}"]')
-            return int(path.get_attribute("data-points")) >= 2
+            row = f'#frontends tr[data-frontend="{fid}"]'
+            assert "alive" in shown(row)
+            assert shown(row + " td.held") == str(len(_held(redis_client, fid)))
+            assert 0 < float(shown(row + " td.lease").rstrip("s")) <= 3
 
         for fid in ("fe-wa", "fe-wb"):
             if _held(redis_client, fid):
                 wait_until(lambda: drawn(fid, "commands", "received"), timeout=15, what=f"{fid}'s commands/s")
                 wait_until(lambda: drawn(fid, "events", "pushed"), timeout=15, what=f"{fid}'s events/s")
             wait_until(lambda: drawn(fid, "lists", "messages"), timeout=15, what=f"{fid}'s list lengths")
-        legend = browser.find_element("css selector", '.fleet-chart[data-frontend="fe-wa"] '
-                                                      '.chart[data-chart="lists"] .legend span[data-series="messages"]')
-        assert int(legend.text.split()[-1]) > 0
+        legend = shown('.fleet-chart[data-frontend="fe-wa"] .chart[data-chart="lists"] .legend span[data-series="messages"]')
+        assert int(legend.split()[-1]) > 0
 
         # rooms: each room's holder
         browser.get(web + "/rooms")
@@ -329,14 +340,14 @@ def test_several_frontends_in_a_real_browser(redis_url, redis_client, ngircd, we
         browser.find_element("id", "token").send_keys(TOKEN)
         browser.find_element("id", "login-submit").click()
         wait_until(lambda: browser.find_elements("id", "logout"), what="logged in")
-        browser.find_element("css selector", '#frontends tr[data-frontend="fe-wa"] button.drain').click()
+        click('#frontends tr[data-frontend="fe-wa"] button.drain')
         assert "frontend fe-wa drains" in text(browser, "#flash")
         wait_until(lambda: not _held(redis_client, "fe-wa"), timeout=15, what="fe-wa drained")
         wait_until(lambda: _all_joined(redis_client, rooms), timeout=20, what="the rooms joined on fe-wb")
         assert _held(redis_client, "fe-wb") == set(rooms)
-        wait_until(lambda: "draining" in browser.find_element(
-            "css selector", '#frontends tr[data-frontend="fe-wa"]').text, timeout=10, what="draining shown live")
-        browser.find_element("css selector", '#frontends tr[data-frontend="fe-wa"] button.undrain').click()
+        wait_until(lambda: "draining" in (shown('#frontends tr[data-frontend="fe-wa"]') or ""), timeout=10,
+                   what="draining shown live")
+        click('#frontends tr[data-frontend="fe-wa"] button.undrain')
         assert "frontend fe-wa takes new rooms again" in text(browser, "#flash")
         assert not redis_client.sismember("fleet:draining", "fe-wa")
 
@@ -363,8 +374,9 @@ def test_several_frontends_in_a_real_browser(redis_url, redis_client, ngircd, we
                                                                   "messages": 0, "ledger": 0, "inbox": 0})
                                                       for i in range(3)])
         browser.get(web + "/")
-        wait_until(lambda: [e for e in browser.find_elements("css selector", ".fleet-chart h3") if e.text == evil],
-                   timeout=10, what="the hostile id as text")
+        wait_until(lambda: browser.execute_script(
+            "var id = arguments[0]; return Array.from(document.querySelectorAll('.fleet-chart h3'))"
+            ".some(function (h) { return h.textContent === id; });", evil), timeout=10, what="the hostile id as text")
         wait_until(lambda: drawn("fe-wa", "lists", "messages"), timeout=10, what="the charts")
         assert not browser.find_elements("css selector", "#charts img, #frontends img")
         assert browser.execute_script("return window.__pwned") is None
