@@ -1,11 +1,11 @@
 """The ``greenroom`` command: ``run`` the daemon; ``join``/``part``/``say``, ``rooms``, ``status``,
-``dead``, ``secrets`` and ``web`` (the dashboard) for ops.
+``frontends``, ``drain``/``undrain``/``rebalance``, ``dead``, ``secrets`` and ``web`` (the dashboard) for ops.
 
 The ops commands only push to ``control`` or read Redis, so they work against a running daemon
 anywhere. Passwords are never taken from argv: they come from an environment variable or a prompt.
 What they print comes from Redis and is hostile: control characters are escaped (``--json`` too),
 secrets masked. The views are ``frontend.status``, dead letters ``frontend.deadletters``, secrets at
-rest ``frontend.sealing``.
+rest ``frontend.sealing``, the actions on several frontends ``frontend.fleetops``.
 """
 
 import os
@@ -144,17 +144,119 @@ def cmd_rooms(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     rows = rooms(_client(settings), Keys(settings.key_prefix))
+    if args.frontend is not None:
+        rows = [r for r in rows if r["holder"] == args.frontend]
     print(terminal_json({"rooms": rows}) if args.json else format_rooms(rows))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .status import format_status, overview, terminal_json
+    from .status import format_status, overview, status_exit, terminal_json
 
     settings = _settings(args)
     data = overview(_client(settings), Keys(settings.key_prefix))
     print(terminal_json(data) if args.json else format_status(data))
-    return 0 if data["frontends"] else 1
+    return status_exit(data)
+
+
+def cmd_frontends(args: argparse.Namespace) -> int:
+    from .status import format_frontends, frontend_rooms, terminal_json
+
+    settings = _settings(args)
+    data = frontend_rooms(_client(settings), Keys(settings.key_prefix))
+    print(terminal_json(data) if args.json else format_frontends(data))
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    from .fleetops import Refused, drain, wait_drained
+
+    settings = _settings(args)
+    client, keys = _client(settings), Keys(settings.key_prefix)
+    try:
+        done = drain(client, keys, args.frontend, force=args.force)
+    except Refused as exc:
+        print(f"greenroom: not drained: {terminal(exc)}", file=sys.stderr)
+        return 1
+    name = terminal(args.frontend)
+    if done["already"]:
+        print(f"frontend {name} was draining already ({done['rooms']} rooms left)")
+    else:
+        print(f"frontend {name} drains: it takes no new rooms, and at its next lease renewal hands its "
+              f"{done['rooms']} rooms to {', '.join(map(terminal, done['peers'])) or 'nobody (forced)'}")
+    if args.wait:
+        left = wait_drained(client, keys, args.frontend, args.wait)
+        if left:
+            print(f"greenroom: frontend {name} still holds {left} rooms after {args.wait:g}s", file=sys.stderr)
+            return 1
+        print(f"frontend {name} holds no room")
+    return 0
+
+
+def cmd_undrain(args: argparse.Namespace) -> int:
+    from .fleetops import undrain
+
+    settings = _settings(args)
+    name = terminal(args.frontend)
+    if undrain(_client(settings), Keys(settings.key_prefix), args.frontend):
+        print(f"frontend {name} takes new rooms again (the rooms it gave away stay where they are: "
+              f"`greenroom rebalance` moves some back)")
+    else:
+        print(f"frontend {name} was not draining")
+    return 0
+
+
+def cmd_rebalance(args: argparse.Namespace) -> int:
+    from .fleetops import Move, plan, rebalance, wait_moved
+    from .status import terminal_json
+
+    settings = _settings(args)
+    client, keys = _client(settings), Keys(settings.key_prefix)
+    if args.max is not None and args.max < 1:
+        raise ConfigError("--max must be at least 1")
+    moves = plan(client, keys, max_rooms=args.max)
+    if not args.json:
+        print(_format_plan(moves))
+
+    def show(move: Move) -> None:
+        if not args.json:
+            view = move.view()
+            print(f"move {terminal(view['room']):24} {terminal(view['from'])} -> {terminal(view['to'])}: "
+                  f"{terminal(move.result)}", flush=True)
+
+    if moves.moves and not args.dry_run:
+        rebalance(client, keys, moves.moves, on_result=show)
+    still = wait_moved(client, keys, moves.moves, args.wait) if args.wait and not args.dry_run else []
+    refused = [m for m in moves.moves if m.result not in ("ok", "planned")]
+    if args.json:
+        print(terminal_json({**moves.view(), "dry_run": args.dry_run,
+                             "still_moving": [m.view()["room"] for m in still]}))
+    elif moves.moves and not args.dry_run:
+        ok = len(moves.moves) - len(refused)
+        print(f"{ok} rooms moving, {len(refused)} refused" + (
+            "; each leaves its frontend once its earlier commands are out, then joins on the new one "
+            "(`greenroom rooms` shows the holders)" if ok else ""))
+        if args.wait:
+            print(f"{len(still)} still moving after {args.wait:g}s" if still else "every move finished")
+    return 1 if refused or still else 0
+
+
+def _format_plan(result: Any) -> str:
+    from .status import terminal
+
+    view = result.view()
+    if not result.moves:
+        return f"nothing to move: {terminal(view['why'])}"
+    lines = [f"{'FRONTEND':24} {'WEIGHT':>6} {'ROOMS':>6} {'AFTER':>6}"]
+    for fe in view["frontends"]:
+        lines.append(f"{terminal(fe['id'])[:24]:24} {fe['weight']:>6g} {fe['rooms']:>6} {fe['after']:>6}")
+    groups = sum(1 for m in view["moves"] if m["group"])
+    lines.append(f"plan: move {len(view['moves'])} rooms" + (f" ({groups} of them with their share group)"
+                                                             if groups else ""))
+    for move in view["moves"]:
+        lines.append(f"  {terminal(move['room']):24} {terminal(move['from'])} -> {terminal(move['to'])}"
+                     + ("  (share group)" if move["group"] else ""))
+    return "\n".join(lines)
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
@@ -266,14 +368,61 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--action", action="store_true", help="/me")
     say.set_defaults(func=cmd_say)
 
-    rooms = sub.add_parser("rooms", parents=[common], help="the registry with each room's live state")
+    rooms = sub.add_parser("rooms", parents=[common],
+                           help="the registry with each room's live state and holder")
+    rooms.add_argument("--frontend", metavar="ID", help="only the rooms this frontend holds")
     rooms.add_argument("--json", action="store_true")
     rooms.set_defaults(func=cmd_rooms)
 
     status = sub.add_parser("status", parents=[common],
-                            help="live frontends, rooms by state, list lengths (exit 1: no frontend alive)")
+                            help="frontends (lease, rooms held, draining), rooms by state, whether every room is "
+                                 "held, list lengths (exit 1: no frontend alive; 3: rooms not held)",
+                            description="Exit status: 0 when a frontend is alive and every room of `rooms` is "
+                                        "held by a live frontend; 1 when no frontend is alive; 3 when some room "
+                                        "has no holder or a holder whose lease expired (they are listed).")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    frontends = sub.add_parser("frontends", parents=[common], help="each frontend's lease and the rooms it holds")
+    frontends.add_argument("--json", action="store_true")
+    frontends.set_defaults(func=cmd_frontends)
+
+    visible = ("Moving an IRC room is visible in its channel: the bot parts, and another frontend's bot "
+               "joins (XMPP: leaves and joins the MUC).")
+    drain = sub.add_parser("drain", parents=[common], help="hand a frontend's rooms to its live peers, "
+                           "and give it no new rooms (maintenance)",
+                           description="Adds FRONTEND to fleet:draining. At its next lease renewal (within a "
+                                       "third of lease_time) it leaves its rooms and hands them to live peers; "
+                                       "it keeps running and takes no new rooms until `greenroom undrain`. "
+                                       "Refused when FRONTEND is not alive or no other live frontend takes "
+                                       "rooms (--force drains anyway). " + visible)
+    drain.add_argument("frontend", metavar="FRONTEND")
+    drain.add_argument("--force", action="store_true",
+                       help="drain even when the checks refuse (unknown, not alive, no live peer)")
+    drain.add_argument("--wait", type=float, metavar="SECONDS", default=0,
+                       help="wait until it holds no room (exit 1 if it still does then)")
+    drain.set_defaults(func=cmd_drain)
+
+    undrain = sub.add_parser("undrain", parents=[common], help="let a drained frontend take new rooms again")
+    undrain.add_argument("frontend", metavar="FRONTEND")
+    undrain.set_defaults(func=cmd_undrain)
+
+    rebalance = sub.add_parser("rebalance", parents=[common],
+                               help="move rooms so that live frontends hold rooms in proportion to their weight",
+                               description="Computes moves that even out rooms per frontend by weight "
+                                           "(fleet:weight) between the live frontends that are not draining, "
+                                           "keeping each share group (rooms on one chat connection) together, "
+                                           "and starts each (move_begin.lua): the room leaves its frontend once "
+                                           "its earlier commands are out, and joins on the new one; its commands "
+                                           "wait meanwhile and keep their order. Nothing moves by itself. "
+                                           + visible + " Exit status 1 when a move was refused.")
+    rebalance.add_argument("--dry-run", action="store_true", help="print the plan, move nothing")
+    rebalance.add_argument("--max", type=int, metavar="N", help="move at most N rooms (a share group moves "
+                                                                 "whole or not at all)")
+    rebalance.add_argument("--wait", type=float, metavar="SECONDS", default=0,
+                           help="wait until the moves finished (exit 1 if some did not)")
+    rebalance.add_argument("--json", action="store_true")
+    rebalance.set_defaults(func=cmd_rebalance)
 
     dead = sub.add_parser("dead", parents=[common], help="list, requeue or purge dead letters")
     dead.add_argument("action", choices=["list", "requeue", "purge"])

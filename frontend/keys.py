@@ -124,6 +124,11 @@ class Keys:
         """Set of frontends that take no new rooms (``greenroom drain``)."""
         return self.prefix + "fleet:draining"
 
+    def history(self, frontend_id: str) -> str:
+        """A frontend's recent samples for the dashboard's charts (heartbeat.py): a capped list, newest
+        first, one sample a beat, expiring an hour after the last one."""
+        return f"{self.prefix}fleet:history:{frontend_id}"
+
     def taken(self, frontend_id: str) -> str:
         """Set when another frontend took this one's rooms over (its lease had expired)."""
         return f"{self.prefix}fleet:taken:{frontend_id}"

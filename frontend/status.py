@@ -4,6 +4,11 @@ Everything comes from Redis alone (heartbeats ``frontends:<id>``, ``rooms``, ``r
 lists), so it works against any number of frontends from anywhere. Dead letters (listing, requeue,
 purge) are ``frontend.deadletters``.
 
+Several frontends (``fleet()``): who is alive is what placement says, the leases in ``fleet:leases``
+(score = expiry, Redis time); who holds a room is ``rooms:holder``; ``holding()`` says whether every room
+of ``rooms`` is held by a live frontend. The actions on the fleet (drain, rebalance) are
+``frontend.fleetops``.
+
 Every value read from Redis is treated as hostile: secrets are masked (in clear or sealed, at any
 depth), strings that are not valid Unicode are made so, fields have the types the views expect, and
 ``terminal()`` / ``terminal_json()`` escape control characters for the operator's terminal.
@@ -120,24 +125,146 @@ def frontends(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     return sorted(out, key=lambda f: f["started"] if isinstance(f.get("started"), (int, float)) else 0)
 
 
-def rooms(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    """Every room of the registry (and stray states), with its spec (secrets masked) and state."""
+def rooms(client: redis.Redis, keys: Keys, state: "Fleet | None" = None) -> list[dict[str, Any]]:
+    """Every room of the registry (and stray states), with its spec (secrets masked), state and holder:
+    ``holder`` (``rooms:holder``, or None), ``holder_alive`` (its lease is valid) and ``moving_to``
+    (the target while ``greenroom rebalance`` moves it)."""
     specs = client.hgetall(keys.rooms)
     states = client.hgetall(keys.states)
+    state = state if state is not None else fleet(client, keys)
     rows = []
     for room in sorted(set(specs) | set(states)):
         spec = _decode_obj(specs.get(room))
-        state = _decode_obj(states.get(room)) or {}
-        attempts = _num(state.get("attempts"))
+        st = _decode_obj(states.get(room)) or {}
+        attempts = _num(st.get("attempts"))
+        holder = state.holder.get(room)
+        moving = state.moving.get(room)
         rows.append({
-            "room": _text(room), "protocol": _str((spec or {}).get("protocol") or state.get("protocol")),
+            "room": _text(room), "protocol": _str((spec or {}).get("protocol") or st.get("protocol")),
             "tenant": _str((spec or {}).get("tenant")), "where": where(spec),
-            "state": _str(state.get("state")) or ("pending" if spec else "?"),
-            "since": _num(state.get("since")), "attempts": int(attempts) if attempts is not None else 0,
-            "error": _str(state.get("error")), "frontend": _str(state.get("frontend")),
+            "state": _str(st.get("state")) or ("pending" if spec else "?"),
+            "since": _num(st.get("since")), "attempts": int(attempts) if attempts is not None else 0,
+            "error": _str(st.get("error")), "frontend": _str(st.get("frontend")),
+            "holder": _text(holder) if holder is not None else None,
+            "holder_alive": holder is not None and state.alive(holder),
+            "moving_to": _text(moving) if moving is not None else None,
             "registered": spec is not None, "spec": clean(mask(spec)) if spec else None,
         })
     return rows
+
+
+# ------------------------------------------------------------------------------ several frontends
+class Fleet:
+    """One consistent read (MULTI) of who is alive and who holds what. Ids and room ids stay bytes
+    here (exact keys); the views turn them into text."""
+
+    def __init__(self, now_ms: int, leases: dict[bytes, float], draining: set[bytes], weights: dict[bytes, bytes],
+                 holder: dict[bytes, bytes], moving: dict[bytes, bytes], registered: list[bytes],
+                 held: dict[bytes, int]) -> None:
+        self.now_ms, self.leases, self.draining, self.weights = now_ms, leases, draining, weights
+        self.holder, self.moving, self.registered, self.held = holder, moving, registered, held
+
+    def alive(self, fid: bytes) -> bool:
+        """Alive as placement.lua says: a lease that has not expired (Redis time)."""
+        expiry = self.leases.get(fid)
+        return expiry is not None and expiry >= self.now_ms
+
+    def lease_s(self, fid: bytes) -> float | None:
+        """Seconds left on the lease (negative: expired that long ago); None without one."""
+        expiry = self.leases.get(fid)
+        return None if expiry is None else round((expiry - self.now_ms) / 1000.0, 1)
+
+    def weight(self, fid: bytes) -> float:
+        """The capacity weight placement uses (placement.lua's load_of: 1 when unset or not above 0)."""
+        try:
+            weight = float(self.weights.get(fid, b"1"))
+        except ValueError:
+            return 1.0
+        return weight if math.isfinite(weight) and weight > 0 else 1.0
+
+    def takes_rooms(self, fid: bytes) -> bool:
+        return self.alive(fid) and fid not in self.draining
+
+    def ids(self) -> list[bytes]:
+        """Every frontend the fleet keys name: leased, draining, or holding a room."""
+        return sorted(set(self.leases) | set(self.held) | set(self.holder.values()))
+
+    def describe(self, fid: bytes) -> dict[str, Any]:
+        return {"alive": self.alive(fid), "lease_s": self.lease_s(fid), "draining": fid in self.draining,
+                "weight": self.weight(fid), "held": self.held.get(fid, 0)}
+
+
+def _held_key(keys: Keys, fid: bytes) -> bytes:
+    """``rooms:held:<id>`` for an id exactly as Redis has it (bytes, whatever they are)."""
+    return keys.held("").encode("utf-8", "surrogateescape") + fid
+
+
+def fleet(client: redis.Redis, keys: Keys) -> Fleet:
+    """Read the fleet keys (leases, draining, weights, holders, moves, the registry's room ids) in one
+    transaction, then how many rooms each frontend holds (``SCARD rooms:held:<id>``)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.time()
+    pipe.zrange(keys.leases, 0, -1, withscores=True)
+    pipe.smembers(keys.draining)
+    pipe.hgetall(keys.weight)
+    pipe.hgetall(keys.holder)
+    pipe.hgetall(keys.moving)
+    pipe.hkeys(keys.rooms)
+    now, leases, draining, weights, holder, moving, registered = pipe.execute(raise_on_error=False)
+    if isinstance(now, Exception):
+        raise now
+    leases, draining, weights, holder, moving, registered = (
+        value if not isinstance(value, Exception) else empty for value, empty in
+        ((leases, []), (draining, set()), (weights, {}), (holder, {}), (moving, {}), (registered, [])))
+    lease_map = {fid: score for fid, score in leases if math.isfinite(score)}
+    ids = sorted(set(lease_map) | set(holder.values()))
+    pipe = client.pipeline(transaction=False)
+    for fid in ids:
+        pipe.scard(_held_key(keys, fid))
+    counts = pipe.execute(raise_on_error=False)
+    held = {fid: n for fid, n in zip(ids, counts) if isinstance(n, int) and n}
+    return Fleet(int(now[0]) * 1000 + int(now[1]) // 1000, lease_map, set(draining), weights, holder, moving,
+                 sorted(registered), held)
+
+
+def holding(state: Fleet, limit: int = 10000) -> dict[str, Any]:
+    """Whether every room of ``rooms`` is held by a live frontend: ``ok``, counts, and the rooms that
+    are not (``not_held``: room, holder, why; at most ``limit``), and the rooms moving."""
+    not_held, count = [], 0
+    for room in state.registered:
+        holder = state.holder.get(room)
+        if holder is not None and state.alive(holder):
+            continue
+        count += 1
+        if len(not_held) >= limit:
+            continue
+        if holder is None:
+            why = "no holder"
+        else:
+            left = state.lease_s(holder)
+            why = (f"held by {_text(holder)}, which has no lease" if left is None else
+                   f"held by {_text(holder)}, whose lease expired {_age(-left)} ago")
+        not_held.append({"room": _text(room), "holder": _text(holder) if holder is not None else None,
+                         "why": why})
+    moving = [{"room": _text(room), "from": _text(state.holder[room]) if room in state.holder else None,
+               "to": _text(target)} for room, target in sorted(state.moving.items())]
+    return {"ok": count == 0, "rooms": len(state.registered), "held": len(state.registered) - count,
+            "not_held_count": count, "not_held": not_held, "moving": moving[:limit]}
+
+
+def frontend_rooms(client: redis.Redis, keys: Keys, state: Fleet | None = None) -> dict[str, Any]:
+    """Each frontend's rooms (``rooms:held:<id>``), for `greenroom frontends`."""
+    state = state if state is not None else fleet(client, keys)
+    ids = state.ids()
+    pipe = client.pipeline(transaction=False)
+    for fid in ids:
+        pipe.smembers(_held_key(keys, fid))
+    out = []
+    for fid, members in zip(ids, pipe.execute(raise_on_error=False)):
+        members = members if isinstance(members, set) else set()
+        out.append({"id": _text(fid), **state.describe(fid), "held": len(members),
+                    "rooms": sorted(_text(room) for room in members)})
+    return {"frontends": out, "holding": holding(state)}
 
 
 def mask(spec: Any, depth: int = 0) -> Any:
@@ -182,18 +309,103 @@ def list_lengths(client: redis.Redis, keys: Keys) -> dict[str, int]:
     return lengths
 
 
-def overview(client: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """Everything `greenroom status` shows."""
+def fleet_frontends(client: redis.Redis, keys: Keys, state: Fleet) -> list[dict[str, Any]]:
+    """The frontends of the heartbeats and of the fleet keys, each with its heartbeat's fields (when it
+    has one: ``heartbeat``) and ``alive``, ``lease_s``, ``draining``, ``weight``, ``held``. Oldest first;
+    those without a heartbeat (dead, not yet taken over) last."""
+    beats = frontends(client, keys)
+    known = {fe["id"] for fe in beats}
+    by_text = {_text(fid): fid for fid in state.ids()}
+    out = []
+    for fe in beats:
+        fid = by_text.get(fe["id"], fe["id"].encode("utf-8", "surrogateescape"))
+        out.append({**fe, "heartbeat": True, **state.describe(fid)})
+    for text, fid in sorted(by_text.items()):
+        if text not in known:
+            out.append({"id": text, "heartbeat": False, **state.describe(fid)})
+    return out
+
+
+def overview(client: redis.Redis, keys: Keys, *, attention: int = 0) -> dict[str, Any]:
+    """Everything `greenroom status` shows. ``alive`` counts the frontends whose lease is valid;
+    ``holding`` says whether every room is held by one of them. With ``attention``, also the first
+    that many rooms that are neither joined nor parted (the dashboard's list)."""
     by_state: dict[str, int] = {}
     by_protocol: dict[str, int] = {}
-    all_rooms = rooms(client, keys)
+    state = fleet(client, keys)
+    all_rooms = rooms(client, keys, state)
     for row in all_rooms:
         by_state[row["state"]] = by_state.get(row["state"], 0) + 1
         proto = row["protocol"] or "?"
         by_protocol[proto] = by_protocol.get(proto, 0) + 1
-    return {"ts": time.time(), "frontends": frontends(client, keys),
+    fes = fleet_frontends(client, keys, state)
+    data = {"ts": time.time(), "frontends": fes, "alive": sum(1 for fe in fes if fe["alive"]),
             "rooms": {"total": len(all_rooms), "by_state": by_state, "by_protocol": by_protocol},
-            "lists": list_lengths(client, keys)}
+            "holding": holding(state), "lists": list_lengths(client, keys)}
+    if attention:
+        data["attention"] = [r for r in all_rooms if r["state"] not in ("joined", "parted")][:attention]
+    return data
+
+
+#: the fields of a history sample (heartbeat.py), in the order the dashboard's API sends them
+HISTORY_FIELDS = ("ts", "received", "applied", "pushed", "control", "messages", "ledger", "inbox")
+#: a sample bigger than this is not one of ours: skipped
+_SAMPLE_BYTES = 1024
+
+
+def history(client: redis.Redis, keys: Keys, since_ms: int = 0, *, limit: int = 8000) -> dict[str, Any]:
+    """The recent samples of every live frontend (``fleet:history:<id>``), oldest first, each a list
+    in ``HISTORY_FIELDS`` order: those with ``ts >= since_ms``, at most ``limit`` per frontend.
+    ``now`` is the Redis time before the lists were read: the next call's ``since_ms``. The lists are
+    read newest first in growing pages, so a page that asks only for what is new reads a few items."""
+    state = fleet(client, keys)
+    out = []
+    for fid in sorted(state.leases):
+        if not state.alive(fid):
+            continue
+        key = keys.history("").encode("utf-8", "surrogateescape") + fid
+        samples: list[list[float]] = []
+        start, chunk, done = 0, 8, client.type(key) != b"list"
+        while not done and start < limit:
+            items = client.lrange(key, start, min(start + chunk, limit) - 1)
+            start += chunk
+            done = len(items) < chunk
+            chunk = min(chunk * 4, 2048)
+            for raw in items:
+                sample = _sample(raw)
+                if sample is None:
+                    continue
+                if sample[0] < since_ms:
+                    done = True
+                    break
+                samples.append(sample)
+        samples.reverse()
+        out.append({"id": _text(fid), "samples": samples})
+    return {"now": state.now_ms, "fields": list(HISTORY_FIELDS), "frontends": out}
+
+
+def _sample(raw: bytes) -> list[float] | None:
+    if len(raw) > _SAMPLE_BYTES:
+        return None
+    obj = _decode_obj(raw)
+    if obj is None:
+        return None
+    values = [_num(obj.get(name)) for name in HISTORY_FIELDS]
+    if values[0] is None:
+        return None
+    return [v if v is not None and v >= 0 else 0 for v in values]
+
+
+#: `greenroom status` exits with these
+EXIT_OK, EXIT_NO_FRONTEND, EXIT_NOT_HELD = 0, 1, 3
+
+
+def status_exit(data: dict[str, Any]) -> int:
+    """0: a frontend is alive and every room is held by a live one; 1: no frontend is alive;
+    3: some room of ``rooms`` is not held by a live frontend (``holding.not_held`` lists them)."""
+    if not data["alive"]:
+        return EXIT_NO_FRONTEND
+    return EXIT_OK if data["holding"]["ok"] else EXIT_NOT_HELD
 
 
 # ------------------------------------------------------------------------------------------ printing
@@ -208,44 +420,116 @@ def _rcell(value: Any, width: int) -> str:
     return f"{text[:width]:>{width}}"
 
 
-def format_status(data: dict[str, Any], now: float | None = None) -> str:
+def fleet_word(fe: dict[str, Any]) -> str:
+    """alive, draining, dead (a lease that expired) or "no lease"."""
+    if fe.get("alive"):
+        return "draining" if fe.get("draining") else "alive"
+    return "no lease" if fe.get("lease_s") is None else "dead"
+
+
+def lease_text(fe: dict[str, Any]) -> str:
+    left = fe.get("lease_s")
+    if not isinstance(left, (int, float)):
+        return "-"
+    return f"{left:.1f}s" if left >= 0 else f"-{_age(-left)}"
+
+
+def format_status(data: dict[str, Any], now: float | None = None, limit: int = 20) -> str:
     """The `greenroom status` table (every value from Redis escaped for the terminal)."""
     now = time.time() if now is None else now
-    lines = [f"{'FRONTEND':28} {'HOST':16} {'PID':>7} {'VERSION':8} {'UP':>8} {'ROOMS':>6} "
-             f"{'INFLIGHT':>8} {'OUTBOX':>7}  STATES"]
+    lines = [f"{'FRONTEND':24} {'FLEET':8} {'LEASE':>6} {'HELD':>5} {'HOST':14} {'PID':>7} {'VERSION':8} {'UP':>5} "
+             f"{'ROOMS':>5} {'INFLIGHT':>8} {'OUTBOX':>6}  STATES"]
     for fe in data["frontends"]:
         started = fe.get("started")
         up = _age(now - started) if isinstance(started, (int, float)) and started else "-"
         by_state = fe.get("rooms_by_state")
         states = " ".join(f"{k}={v}" for k, v in sorted(by_state.items(), key=lambda kv: str(kv[0]))) \
             if isinstance(by_state, dict) else str(by_state or "")
-        lines.append(f"{_cell(fe['id'], 28)} {_cell(fe.get('host', '?'), 16)} {_rcell(fe.get('pid', '?'), 7)} "
-                     f"{_cell(fe.get('version', '?'), 8)} {up:>8} {_rcell(fe.get('rooms', 0), 6)} "
-                     f"{_rcell(fe.get('inflight', 0), 8)} {_rcell(fe.get('outbox', 0), 7)}  {terminal(states)}")
+        if not fe.get("heartbeat", True):
+            states = "(no heartbeat)"
+        lines.append(f"{_cell(fe['id'], 24)} {fleet_word(fe):8} {lease_text(fe):>6} {_rcell(fe.get('held', 0), 5)} "
+                     f"{_cell(fe.get('host', '-'), 14)} {_rcell(fe.get('pid', '-'), 7)} "
+                     f"{_cell(fe.get('version', '-'), 8)} {up:>5} {_rcell(fe.get('rooms', '-'), 5)} "
+                     f"{_rcell(fe.get('inflight', '-'), 8)} {_rcell(fe.get('outbox', '-'), 6)}  {terminal(states)}")
         if fe.get("last_error"):
-            lines.append(f"{'':28} last error: {terminal(fe['last_error'])}")
-    if not data["frontends"]:
+            lines.append(f"{'':24} last error: {terminal(fe['last_error'])}")
+    if not data.get("alive", len(data["frontends"])):
         lines.append("(no live frontend)")
     rooms_ = data["rooms"]
     states = ", ".join(f"{k} {v}" for k, v in sorted(rooms_["by_state"].items())) or "none"
     lines.append("")
     lines.append(f"rooms: {rooms_['total']} ({terminal(states)})")
+    held = data.get("holding")
+    if held is not None:
+        moving = f"; {len(held['moving'])} moving" if held["moving"] else ""
+        if held["ok"]:
+            lines.append(f"held: every room is held by a live frontend ({held['rooms']} rooms{moving})")
+        else:
+            lines.append(f"held: {held['not_held_count']} of {held['rooms']} rooms are NOT held by a live "
+                         f"frontend{moving}:")
+            for row in held["not_held"][:limit]:
+                lines.append(f"  {_cell(row['room'], 24)} {terminal(row['why'])}")
+            if held["not_held_count"] > limit:
+                lines.append(f"  ... and {held['not_held_count'] - limit} more (`greenroom status --json` "
+                             f"lists them)")
     lists = data["lists"]
     lines.append("lists: " + "  ".join(f"{name} {lists[name]}" for name in
                                         ("control", "messages", "inflight", "control:dead", "messages:dead")))
     return "\n".join(lines)
 
 
+def holder_text(row: dict[str, Any]) -> str:
+    """A room's holder as `greenroom rooms` shows it: ``-`` for none, marked when it is not alive or
+    the room is moving (``fe-a -> fe-b``)."""
+    holder = row.get("holder")
+    if holder is None:
+        return "- (none)" if row.get("registered") else "-"
+    text = holder if row.get("holder_alive") else f"{holder} (dead)"
+    if row.get("moving_to") is not None:
+        text += f" -> {row['moving_to']} (moving)"
+    return text
+
+
 def format_rooms(rows: list[dict[str, Any]], now: float | None = None) -> str:
     """The `greenroom rooms` table."""
     now = time.time() if now is None else now
-    lines = [f"{'ROOM':24} {'PROTO':5} {'WHERE':36} {'STATE':10} {'FOR':>8} {'TRIES':>5}  ERROR"]
+    lines = [f"{'ROOM':24} {'PROTO':5} {'WHERE':36} {'STATE':10} {'FOR':>8} {'TRIES':>5} {'HOLDER':24}  ERROR"]
     for r in rows:
         age = f"{now - r['since']:.0f}s" if r["since"] else "-"
+        holder = terminal(holder_text(r))
         lines.append(f"{_cell(r['room'], 24)} {_cell(r['protocol'] or '?', 5)} {_cell(r['where'], 36)} "
-                     f"{_cell(r['state'], 10)} {age:>8} {r['attempts']:>5}  {terminal(r['error'] or '')}")
+                     f"{_cell(r['state'], 10)} {age:>8} {r['attempts']:>5} {holder:24}  {terminal(r['error'] or '')}".rstrip())
     lines.append(f"{len(rows)} rooms")
     return "\n".join(lines)
+
+
+def format_frontends(data: dict[str, Any], width: int = 100) -> str:
+    """`greenroom frontends`: each frontend with its lease and the rooms it holds."""
+    lines = []
+    for fe in data["frontends"]:
+        lines.append(f"{terminal(fe['id'])}  {fleet_word(fe)}, lease {lease_text(fe)}, weight {fe['weight']:g}, "
+                     f"{fe['held']} rooms")
+        lines.extend(_wrapped([terminal(room) for room in fe["rooms"]], width))
+    if not data["frontends"]:
+        lines.append("(no frontend in fleet:leases or rooms:holder)")
+    held = data["holding"]
+    if not held["ok"]:
+        lines.append(f"not held by a live frontend: {held['not_held_count']} rooms")
+        lines.extend(_wrapped([terminal(row["room"]) for row in held["not_held"]], width))
+    return "\n".join(lines)
+
+
+def _wrapped(words: list[str], width: int) -> list[str]:
+    lines, line = [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width - 2:
+            lines.append("  " + line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        lines.append("  " + line)
+    return lines
 
 
 def _age(seconds: float) -> str:

@@ -1,8 +1,10 @@
 """`greenroom web`: the dashboard. A Flask app served by gevent's WSGI server; it reads and writes Redis only.
 
-Pages: overview (frontends, rooms by state, list lengths; refreshed live by a few lines of plain
-JavaScript), rooms (filters; specs with secrets masked), dead letters (requeue, purge), join and part
-forms. Every action needs the configured ``web_token``: the operator logs in with it once (attempts
+Pages: overview (frontends with their lease, rooms held and Drain/Undrain buttons, rooms by state,
+whether every room is held, list lengths; refreshed live by a few lines of plain JavaScript, and live
+charts per frontend of commands and events per second and list lengths, drawn as inline SVG from
+``/api/history``), rooms (filters, each room's holder; specs with secrets masked), rebalance (the plan,
+and a button that starts it), dead letters (requeue, purge), join and part forms. Every action needs the configured ``web_token``: the operator logs in with it once (attempts
 limited per client and in total), which starts a server-side session in Redis (the HttpOnly,
 SameSite=Strict cookie holds only its random id; logout deletes it); each form also carries a
 per-session CSRF token, and a POST whose Origin (or Referer) is another site is refused. Scripts may
@@ -24,7 +26,7 @@ import redis
 from flask import Flask, abort, flash, jsonify, redirect, render_template, request, session, url_for
 from gevent.pywsgi import WSGIServer
 
-from .. import __version__, deadletters, status
+from .. import __version__, deadletters, fleetops, status
 from ..config import Settings
 from ..errors import ConfigError, ProtocolError
 from ..keys import Keys
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 STATES = ("joined", "joining", "connecting", "backoff", "failed", "new", "pending", "parted")
 #: the pages that only read (public on loopback; behind a login elsewhere unless web_public_reads)
-READ_PAGES = {"overview", "overview_fragment", "overview_json", "rooms", "dead"}
+READ_PAGES = {"overview", "overview_fragment", "overview_json", "history_json", "rooms", "dead", "rebalance_page"}
 
 
 def reads_need_login(settings: Settings) -> bool:
@@ -69,6 +71,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
                            window=max(1.0, settings.web_login_window))
     refusals = Throttle(log, interval=10.0, max_keys=100)
     app.jinja_env.globals.update(version=__version__, states=STATES, age=_age, prefix=settings.key_prefix,
+                                 fleet_word=status.fleet_word, lease_text=status.lease_text,
                                  clock=lambda ts: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)))
 
     def authed() -> bool:
@@ -100,7 +103,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
             abort(400, "this dashboard is not served under that host name (web_allowed_hosts)")
         if request.method != "POST":
             if login_for_reads and request.endpoint in READ_PAGES and not authed() and not bearer_ok():
-                if request.endpoint in ("overview_json", "overview_fragment"):
+                if request.endpoint in ("overview_json", "overview_fragment", "history_json"):
                     return jsonify({"error": "log in first"}), 401
                 return redirect(url_for("login", next=request.full_path.rstrip("?")))
             return None
@@ -150,9 +153,17 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     def overview_json() -> Any:
         return jsonify(_overview(db, keys))
 
+    @app.get("/api/history")
+    def history_json() -> Any:
+        try:
+            since = max(0, int(request.args.get("since", "0")))
+        except ValueError:
+            since = 0
+        return jsonify(status.history(db, keys, since))
+
     @app.get("/rooms")
     def rooms() -> str:
-        wanted = {k: request.args.get(k, "") for k in ("state", "tenant", "protocol", "q")}
+        wanted = {k: request.args.get(k, "") for k in ("state", "tenant", "protocol", "q", "frontend")}
         rows = [r for r in status.rooms(db, keys) if _matches(r, wanted)]
         return render_template("rooms.html", rows=rows[:2000], total=len(rows), wanted=wanted, now=time.time())
 
@@ -219,6 +230,61 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         flash(f"part queued for room {room}", "ok")
         return redirect(url_for("rooms"))
 
+    @app.post("/frontends/<action>")
+    def frontend_action(action: str) -> Any:
+        if action not in ("drain", "undrain"):
+            abort(404)
+        fid = request.form.get("frontend", "")
+        if not fid:
+            flash("no frontend named", "error")
+        elif action == "undrain":
+            was = fleetops.undrain(db, keys, fid)
+            log.info("web: undrain of frontend %s (%s)", fid, "done" if was else "it was not draining")
+            flash(f"frontend {fid} takes new rooms again (the rooms it gave away stay where they are: "
+                  f"Rebalance moves some back)" if was else f"frontend {fid} was not draining", "ok")
+        else:
+            try:
+                done = fleetops.drain(db, keys, fid)
+            except fleetops.Refused as exc:
+                log.info("web: drain of frontend %s refused: %s", fid, exc)
+                flash(f"not drained: {exc} (`greenroom drain --force` drains anyway)", "error")
+                return redirect(url_for("overview"))
+            log.info("web: drain of frontend %s", fid)
+            flash(f"frontend {fid} was draining already" if done["already"] else
+                  f"frontend {fid} drains: at its next lease renewal it hands its {done['rooms']} rooms to "
+                  f"{', '.join(done['peers'])}, and takes no new rooms until Undrain", "ok")
+        return redirect(url_for("overview"))
+
+    @app.get("/rebalance")
+    def rebalance_page() -> str:
+        limit = _positive(request.args.get("max"))
+        result = fleetops.plan(db, keys, max_rooms=limit)
+        return render_template("rebalance.html", plan=result.view(), digest=_plan_digest(result), limit=limit or "")
+
+    @app.post("/rebalance")
+    def rebalance_action() -> Any:
+        limit = _positive(request.form.get("max"))
+        result = fleetops.plan(db, keys, max_rooms=limit)
+        back = redirect(url_for("rebalance_page", **({"max": limit} if limit else {})))
+        if not result.moves:
+            flash(f"nothing to move: {result.why}", "ok")
+            return back
+        if request.form.get("plan") != _plan_digest(result):
+            flash("the rooms changed since the plan was shown: here is the new plan; nothing was moved", "error")
+            return back
+        fleetops.rebalance(db, keys, result.moves)
+        started = [m for m in result.moves if m.result == "ok"]
+        refused = [m for m in result.moves if m.result != "ok"]
+        log.info("web: rebalance started %d moves, %d refused", len(started), len(refused))
+        if started:
+            flash(f"started {len(started)} moves: " + "; ".join(
+                f"{m.view()['room']} {m.view()['from']} → {m.view()['to']}" for m in started[:20])
+                + (" …" if len(started) > 20 else ""), "ok")
+        if refused:
+            flash(f"refused {len(refused)}: " + "; ".join(f"{m.view()['room']}: {m.result}" for m in refused[:20]),
+                  "error")
+        return back
+
     @app.post("/dead/<action>")
     def dead_action(action: str) -> Any:
         which = request.form.get("which", "control")
@@ -272,8 +338,28 @@ def _safe_next(target: str | None) -> str:
     return "/" if any(ord(c) < 0x20 or c == "\x7f" for c in target) else target
 
 
+def _positive(value: str | None) -> int | None:
+    try:
+        n = int(value or "")
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
+def _plan_digest(result: Any) -> str:
+    """Names a plan, so that a POST starts exactly the moves the operator was shown."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for move in result.moves:
+        h.update(b"\0".join((move.room, move.source, move.target)) + b"\n")
+    return h.hexdigest()[:32]
+
+
 def _matches(row: dict[str, Any], wanted: dict[str, str]) -> bool:
     if wanted["state"] and row["state"] != wanted["state"]:
+        return False
+    if wanted.get("frontend") and row.get("holder") != wanted["frontend"]:
         return False
     if wanted["tenant"] and (row.get("tenant") or "") != wanted["tenant"]:
         return False
@@ -311,9 +397,7 @@ def _join_command(form: Any) -> dict[str, Any]:
 
 
 def _overview(db: redis.Redis, keys: Keys) -> dict[str, Any]:
-    data = status.overview(db, keys)
-    data["attention"] = [r for r in status.rooms(db, keys) if r["state"] not in ("joined", "parted")][:50]
-    return data
+    return status.overview(db, keys, attention=50)
 
 
 def _age(seconds: Any) -> str:

@@ -63,3 +63,12 @@ def test_rooms_shows_the_registry_with_live_state(redis_url, redis_client, ngirc
         assert "joined" in line and "#shown@127.0.0.1" in line
         rows = json.loads(greenroom(redis_url, "rooms", "--json").stdout)["rooms"]
         assert rows[0]["room"] == "shown" and rows[0]["state"] == "joined"
+
+
+def test_the_fleet_commands_document_what_operators_must_know(redis_url):
+    for command, words in (("drain", ["visible", "--force", "fleet:draining"]),
+                           ("rebalance", ["visible", "--dry-run", "share group", "Nothing moves by itself"]),
+                           ("status", ["Exit status", "1 when no frontend is alive", "3 when some room"])):
+        shown = " ".join(greenroom(redis_url, command, "--help").stdout.split())
+        for word in words:
+            assert word in shown, (command, word)

@@ -32,6 +32,13 @@ def _hostile_registry(redis_client):
                                                          "rooms_by_state": '{"joined\\u001b[5m":1}',
                                                          "last_error": "boom\r\x1b[Kforged"})
     redis_client.expire("frontends:evil\x1b[1m", 60)
+    # several frontends: hostile ids in the leases and as holders (two live ones, so a rebalance plans a move)
+    sec, usec = redis_client.time()
+    now = sec * 1000 + usec // 1000
+    redis_client.zadd("fleet:leases", {"evil\x1b[1m": now + 60000, "fe\x9b2J\u2028": now + 60000})
+    redis_client.hset("rooms:holder", mapping={name: "evil\x1b[1m" for name in (room, "surrogate", "s-3", "s-4")})
+    redis_client.sadd("rooms:held:evil\x1b[1m", room, "surrogate", "s-3", "s-4")
+    redis_client.hset("rooms:moving", "surrogate", "fe\x9b2J\u2028")
     redis_client.rpush("control:dead", json.dumps({"error": {"code": "bad\x1b[0m", "detail": "d\x07\nforged"},
                                                    "raw": "x" + ESC_TITLE + CSI, "frontend": "f\x1b", "ts": 1.0}))
     redis_client.rpush("control:dead", b'{"error":{"code":"bad_command","detail":"\\ud800"},"raw":"\\udfff\\u2029",'
@@ -42,7 +49,9 @@ def test_every_cli_output_escapes_control_characters(redis_url, redis_client):
     _hostile_registry(redis_client)
     outputs = {}
     for args in (["rooms"], ["rooms", "--json"], ["status"], ["status", "--json"], ["dead", "list"],
-                 ["dead", "list", "--json"]):
+                 ["dead", "list", "--json"], ["frontends"], ["frontends", "--json"], ["rebalance", "--dry-run"],
+                 ["rebalance", "--dry-run", "--json"], ["rooms", "--frontend", "evil\x1b[1m"],
+                 ["drain", "fe\x9b2J\u2028", "--wait", "0.1"]):
         result = outputs[" ".join(args)] = greenroom(*args, "--redis-url", redis_url)
         assert result.returncode in (0, 1) and "Traceback" not in result.stderr, (args, result.stderr)
         assert not UNSAFE.search(result.stdout), (args, UNSAFE.search(result.stdout), result.stdout)
@@ -61,6 +70,12 @@ def test_every_cli_output_escapes_control_characters(redis_url, redis_client):
     assert dead[0]["raw"] == "x" + ESC_TITLE + CSI and dead[1]["raw"] == "\ufffd\u2029"
     table = outputs["status"].stdout
     assert "boom\\r\\x1b[Kforged" in table and "evil\\x1b[1m" in table
+    held = outputs["rooms --frontend evil\x1b[1m"].stdout
+    assert "r\\x1b[2J" in held and "evil\\x1b[1m" in held and "-> fe\\x9b2J\\u2028 (moving)" in held
+    drained = outputs["drain fe\x9b2J\u2028 --wait 0.1"]
+    assert "frontend fe\\x9b2J\\u2028 drains" in drained.stdout and "evil\\x1b[1m" in drained.stdout
+    plan = json.loads(outputs["rebalance --dry-run --json"].stdout)
+    assert [(m["room"], m["from"]) for m in plan["moves"]] == [("r\x1b[2J" + ESC_TITLE, "evil\x1b[1m")]
 
 
 def test_dead_list_masks_the_secrets_of_dead_letters_from_older_versions(redis_url, redis_client):

@@ -250,3 +250,148 @@ def test_dns_rebinding_and_a_cookie_kept_after_logout_in_a_real_browser(redis_cl
     browser.add_cookie({k: kept[k] for k in ("name", "value", "path", "httpOnly", "sameSite")})
     browser.get(web + "/rooms")
     assert not browser.find_elements("id", "logout") and browser.find_elements("id", "login-link")
+
+
+FLEET = {"heartbeat_interval": 0.5, "lease_time": 3.0, "lease_margin": 1.0}
+#: the README's picture of several frontends (refreshed with GREENROOM_SCREENSHOT=1, like the other)
+README_FLEET_SCREENSHOT = README_SCREENSHOT.with_name("dashboard-fleet.png")
+
+
+def _held(client, fid: str) -> set[str]:
+    return {r.decode() for r in client.smembers(f"rooms:held:{fid}")}
+
+
+def _all_joined(client, rooms) -> bool:
+    holders = {k.decode(): v.decode() for k, v in client.hgetall("rooms:holder").items()}
+    states = [json.loads(client.hget("rooms:state", r) or b"{}") for r in rooms]
+    return all(s.get("state") == "joined" and s.get("frontend") == holders.get(r) for r, s in zip(rooms, states))
+
+
+def test_several_frontends_in_a_real_browser(redis_url, redis_client, ngircd, web, browser, tmp_path):
+    from tests.support.frontend import FrontendProcess
+
+    procs = [FrontendProcess(redis_url, str(tmp_path / f"{fid}.log"), frontend_id=fid, **FLEET)
+             for fid in ("fe-wa", "fe-wb")]
+    rooms = [f"wf{i}" for i in range(4)]
+    try:
+        for proc in procs:
+            proc.start()
+        wait_until(lambda: redis_client.zcard("fleet:leases") == 2, timeout=20, what="two leases")
+        push(redis_client, *[{"type": "join", "room": r, "spec": irc_spec(ngircd, f"#{r}", nick=f"{r}bot")}
+                             for r in rooms])
+        wait_until(lambda: _all_joined(redis_client, rooms), timeout=20, what="four rooms joined")
+        push(redis_client, *[{"type": "say", "room": r, "text": f"line {n}"} for n in range(10) for r in rooms])
+        # nobody consumes `messages` here: its length grows with the events (the lists chart shows it)
+
+        # the overview re-renders its figures and charts every 2 s: read them in one script each time,
+        # and click what is there now (an element found before a refresh is stale after it)
+        def shown(css: str) -> str | None:
+            return browser.execute_script("var e = document.querySelector(arguments[0]);"
+                                          "return e ? e.textContent.trim() : null;", css)
+
+        def click(css: str) -> None:
+            from selenium.common.exceptions import StaleElementReferenceException
+
+            for _ in range(20):
+                try:
+                    return browser.find_element("css selector", css).click()
+                except StaleElementReferenceException:
+                    continue
+            raise AssertionError(f"{css} kept going stale")
+
+        def drawn(fid: str, name: str, series: str) -> bool:
+            got = browser.execute_script(
+                "var svg = document.querySelector(arguments[0]); if (!svg) return null;"
+                "var path = svg.querySelector('path[data-series=\"' + arguments[1] + '\"]');"
+                "return [Number(svg.getAttribute('data-max')), path ? Number(path.getAttribute('data-points')) : 0];",
+                f'.fleet-chart[data-frontend="{fid}"] .chart[data-chart="{name}"] svg', series)
+            return bool(got) and got[0] > 0 and got[1] >= 2
+
+        # overview: each frontend's lease, rooms held, and its live charts drawn from real samples
+        browser.get(web + "/")
+        assert text(browser, "#frontends-count") == "2"
+        assert shown("#rooms-not-held") == "0"
+        for fid in ("fe-wa", "fe-wb"):
+            row = f'#frontends tr[data-frontend="{fid}"]'
+            assert "alive" in shown(row)
+            assert shown(row + " td.held") == str(len(_held(redis_client, fid)))
+            assert 0 < float(shown(row + " td.lease").rstrip("s")) <= 3
+
+        for fid in ("fe-wa", "fe-wb"):
+            if _held(redis_client, fid):
+                wait_until(lambda: drawn(fid, "commands", "received"), timeout=15, what=f"{fid}'s commands/s")
+                wait_until(lambda: drawn(fid, "events", "pushed"), timeout=15, what=f"{fid}'s events/s")
+            wait_until(lambda: drawn(fid, "lists", "messages"), timeout=15, what=f"{fid}'s list lengths")
+        legend = shown('.fleet-chart[data-frontend="fe-wa"] .chart[data-chart="lists"] .legend span[data-series="messages"]')
+        assert int(legend.split()[-1]) > 0
+
+        # rooms: each room's holder
+        browser.get(web + "/rooms")
+        for room in rooms:
+            holder = redis_client.hget("rooms:holder", room).decode()
+            cell = browser.find_element("id", f"room-{room}").find_element("css selector", "td.holder")
+            assert cell.text == holder
+        browser.get(web + "/rooms?frontend=fe-wa")
+        assert {r.get_attribute("id") for r in browser.find_elements("css selector", "#rooms tr[id^=room-]")} == \
+            {f"room-{r}" for r in _held(redis_client, "fe-wa")}
+
+        # drain from the overview (logged in): fe-wa's rooms go to fe-wb and are joined there
+        browser.get(web + "/login?next=/")
+        browser.find_element("id", "token").send_keys(TOKEN)
+        browser.find_element("id", "login-submit").click()
+        wait_until(lambda: browser.find_elements("id", "logout"), what="logged in")
+        click('#frontends tr[data-frontend="fe-wa"] button.drain')
+        assert "frontend fe-wa drains" in text(browser, "#flash")
+        wait_until(lambda: not _held(redis_client, "fe-wa"), timeout=15, what="fe-wa drained")
+        wait_until(lambda: _all_joined(redis_client, rooms), timeout=20, what="the rooms joined on fe-wb")
+        assert _held(redis_client, "fe-wb") == set(rooms)
+        wait_until(lambda: "draining" in (shown('#frontends tr[data-frontend="fe-wa"]') or ""), timeout=10,
+                   what="draining shown live")
+        click('#frontends tr[data-frontend="fe-wa"] button.undrain')
+        assert "frontend fe-wa takes new rooms again" in text(browser, "#flash")
+        assert not redis_client.sismember("fleet:draining", "fe-wa")
+
+        # rebalance: the plan, then the moves (behind the same login and CSRF guards)
+        browser.get(web + "/rebalance")
+        assert int(text(browser, "#plan-count")) == 2
+        assert {e.text for e in browser.find_elements("css selector", "#plan-moves tr.move td:nth-child(3)")} == {"fe-wa"}
+        browser.find_element("id", "rebalance-submit").click()
+        assert "started 2 moves" in text(browser, "#flash")
+        wait_until(lambda: len(_held(redis_client, "fe-wa")) == 2 and not redis_client.exists("rooms:moving"),
+                   timeout=20, what="two rooms moved to fe-wa")
+        wait_until(lambda: _all_joined(redis_client, rooms), timeout=20, what="the moved rooms joined")
+        browser.get(web + "/rebalance")
+        assert "Nothing to move" in text(browser, "#plan-none")
+
+        # a hostile frontend id (anyone with write access to Redis) is text in the charts, never markup
+        evil = '<img src=x onerror="window.__pwned=1">'
+        sec, usec = redis_client.time()
+        now = sec * 1000 + usec // 1000
+        redis_client.sadd("fleet:draining", evil)  # so that placement never gives it a room
+        redis_client.zadd("fleet:leases", {evil: now + 60000})
+        redis_client.lpush(f"fleet:history:{evil}", *[json.dumps({"ts": now - 1000 + 500 * i, "received": i,
+                                                                  "applied": i, "pushed": i, "control": 0,
+                                                                  "messages": 0, "ledger": 0, "inbox": 0})
+                                                      for i in range(3)])
+        browser.get(web + "/")
+        wait_until(lambda: browser.execute_script(
+            "var id = arguments[0]; return Array.from(document.querySelectorAll('.fleet-chart h3'))"
+            ".some(function (h) { return h.textContent === id; });", evil), timeout=10, what="the hostile id as text")
+        wait_until(lambda: drawn("fe-wa", "lists", "messages"), timeout=10, what="the charts")
+        assert not browser.find_elements("css selector", "#charts img, #frontends img")
+        assert browser.execute_script("return window.__pwned") is None
+        redis_client.zrem("fleet:leases", evil)
+        redis_client.delete(f"fleet:history:{evil}")
+        redis_client.srem("fleet:draining", evil)
+        browser.get(web + "/")
+        wait_until(lambda: drawn("fe-wb", "lists", "messages") and drawn("fe-wa", "lists", "messages"), timeout=10,
+                   what="the charts for the screenshot")
+        shot = README_FLEET_SCREENSHOT if os.environ.get("GREENROOM_SCREENSHOT") else tmp_path / "dashboard-fleet.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        for proc in procs:
+            try:
+                proc.terminate(10)
+            except Exception:
+                proc.kill()

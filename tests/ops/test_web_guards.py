@@ -156,6 +156,9 @@ def test_beyond_loopback_the_read_pages_need_a_login(redis_url):
             assert answer.status == 302 and "/login?next=" in answer.headers["location"], path
         assert http(base, "GET", "/api/overview").status == 401
         assert http(base, "GET", "/fragment/overview").status == 401
+        assert http(base, "GET", "/api/history").status == 401
+        answer = http(base, "GET", "/rebalance")
+        assert answer.status == 302 and "/login?next=" in answer.headers["location"]
         assert http(base, "GET", "/api/overview", headers={"Authorization": f"Bearer {TOKEN}"}).status == 200
         assert http(base, "GET", "/login").status == 200
         cookie = login(base)
@@ -213,9 +216,18 @@ def test_no_secret_on_any_page_and_hostile_strings_render(redis_url, redis_clien
         "xmpp1": json.dumps(sealed)})
     redis_client.hset("rooms:state", mapping={"irc1": json.dumps({"state": "backoff", "error": "<script>x</script>"}),
                                               "xmpp1": json.dumps({"state": "backoff"})})
+    # several frontends: hostile frontend ids as leases and holders, with a history
+    sec, usec = redis_client.time()
+    now = sec * 1000 + usec // 1000
+    evil, other = "<script>x</script>fe", "fe-<b>"
+    redis_client.zadd("fleet:leases", {evil: now + 60000, other: now + 60000})
+    redis_client.hset("rooms:holder", mapping={"irc1": evil, "xmpp1": evil})
+    redis_client.sadd(f"rooms:held:{evil}", "irc1", "xmpp1")
+    redis_client.lpush(f"fleet:history:{evil}", json.dumps({"ts": now, "received": 1}))
     with dashboard(redis_url, web_token=TOKEN) as (base, _):
         cookie = login(base)
-        for path in ("/", "/fragment/overview", "/api/overview", "/rooms", "/dead", "/dead?which=messages"):
+        for path in ("/", "/fragment/overview", "/api/overview", "/rooms", "/dead", "/dead?which=messages",
+                     "/rebalance", "/api/history"):
             for who in (None, cookie):
                 answer = http(base, "GET", path, cookie=who)
                 assert answer.status == 200, (path, answer.text[:500])
@@ -226,6 +238,54 @@ def test_no_secret_on_any_page_and_hostile_strings_render(redis_url, redis_clien
                     assert "<script>x" not in answer.text and "&lt;script&gt;" in answer.text or path.startswith("/dead")
         dead = http(base, "GET", "/dead", cookie=cookie).text
         assert dead.count("masked") >= 2 and "&lt;b&gt;" in dead
+        assert json.loads(http(base, "GET", "/api/history").body)["frontends"][0]["id"] == evil
+        plan = http(base, "GET", "/rebalance", cookie=cookie).text
+        assert "<code>&lt;script&gt;x&lt;/script&gt;fe</code>" in plan and "<code>fe-&lt;b&gt;</code>" in plan
+
+
+def test_drain_undrain_and_rebalance_need_a_login_csrf_and_the_plan_shown(redis_url, redis_client):
+    sec, usec = redis_client.time()
+    now = sec * 1000 + usec // 1000
+    redis_client.zadd("fleet:leases", {"fe-a": now + 60000, "fe-b": now + 60000})
+    for room in ("r1", "r2"):
+        redis_client.hset("rooms", room, json.dumps({"protocol": "irc", "server": "h", "nick": room, "channel": "#c"}))
+        redis_client.hset("rooms:holder", room, "fe-b")
+        redis_client.sadd("rooms:held:fe-b", room)
+    with dashboard(redis_url, web_token=TOKEN) as (base, _):
+        page = http(base, "GET", "/")
+        assert page.status == 200 and 'class="drain"' in page.text
+        refused = http(base, "POST", "/frontends/drain", form={"frontend": "fe-a"})
+        assert refused.status == 403 and "log in" in refused.text
+        cookie = login(base)
+        csrf = csrf_of(http(base, "GET", "/", cookie=cookie).text)
+        assert http(base, "POST", "/frontends/drain", cookie=cookie, form={"frontend": "fe-a"}).status == 403
+        assert http(base, "POST", "/frontends/drain", cookie=cookie, form={"frontend": "fe-a", "csrf": csrf},
+                    headers={"Origin": "http://evil.example"}).status == 403
+        assert not redis_client.exists("fleet:draining")
+
+        done = http(base, "POST", "/frontends/drain", cookie=cookie, form={"frontend": "fe-a", "csrf": csrf})
+        assert done.status == 302 and redis_client.smembers("fleet:draining") == {b"fe-a"}
+        flashed = http(base, "GET", "/", cookie=cookie).text
+        assert "frontend fe-a drains" in flashed and 'class="undrain"' in flashed
+        # the last frontend that takes rooms is refused, with the reason
+        http(base, "POST", "/frontends/drain", cookie=cookie, form={"frontend": "fe-b", "csrf": csrf})
+        assert "not drained: no other live frontend takes rooms" in http(base, "GET", "/", cookie=cookie).text
+        assert http(base, "POST", "/frontends/undrain", cookie=cookie, form={"frontend": "fe-a", "csrf": csrf}).status == 302
+        assert not redis_client.exists("fleet:draining")
+        assert http(base, "POST", "/frontends/nuke", cookie=cookie, form={"frontend": "fe-a", "csrf": csrf}).status == 404
+
+        # rebalance: only the plan the operator was shown is started
+        shown = http(base, "GET", "/rebalance", cookie=cookie).text
+        digest = re.search(r'name="plan" value="([0-9a-f]+)"', shown).group(1)
+        assert http(base, "POST", "/rebalance", form={"plan": digest}).status == 403
+        assert http(base, "POST", "/rebalance", cookie=cookie, form={"plan": digest}).status == 403  # no CSRF
+        http(base, "POST", "/rebalance", cookie=cookie, form={"plan": "0" * 32, "csrf": csrf})
+        assert "the rooms changed since the plan was shown" in http(base, "GET", "/rebalance", cookie=cookie).text
+        assert not redis_client.exists("rooms:moving")
+        assert http(base, "POST", "/rebalance", cookie=cookie, form={"plan": digest, "csrf": csrf}).status == 302
+        assert redis_client.hgetall("rooms:moving") == {b"r1": b"fe-a"}
+        assert redis_client.lrange("control:inbox:fe-b", 0, -1) == [b"\0!release\0r1"]  # what move_begin.lua sends
+        assert "started 1 moves: r1 fe-b → fe-a" in http(base, "GET", "/rebalance", cookie=cookie).text
 
 
 def test_next_after_login_stays_on_the_dashboard(redis_url):
