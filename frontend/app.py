@@ -106,11 +106,13 @@ class Frontend:
                                     gate=self.gate)
         self.tenants = TenantTable(self.redis, keys)
         sealer = sealer_from_settings(settings)  # raises ConfigError for a bad key (never shown)
+        self.room_context = RoomContext(
+            outbox=self.outbox, ledger=self.ledger, sessions=self.sessions, counters=counters, keys=keys,
+            frontend_id=fid, settings=lambda: self.settings,
+            throttle=Throttle(logging.getLogger("frontend.room"), counter=counters), tenants=self.tenants)
+        self.room_context.apply_settings(settings)
         self.registry = RoomRegistry(
-            RoomContext(outbox=self.outbox, ledger=self.ledger, sessions=self.sessions, counters=counters,
-                        keys=keys, frontend_id=fid, settings=lambda: self.settings,
-                        throttle=Throttle(logging.getLogger("frontend.room"), counter=counters),
-                        tenants=self.tenants),
+            self.room_context,
             self.redis, keys, counters=counters, restart_delay=lambda: self.settings.reconnect_min * 5,
             seal=sealer.seal if sealer.enabled else (lambda spec: spec), open_spec=sealer.open)
         # the blocking pops' socket timeouts outlast the block: redis-py raises TimeoutError otherwise
@@ -366,7 +368,8 @@ class Frontend:
             return False
         apply_logging(old, new)
         self.settings = new
-        for part in (self.outbox, self.incoming, self.router, self.sessions, self.metrics):
+        for part in (self.outbox, self.incoming, self.router, *self.tenant_routers.values(), self.sessions,
+                     self.metrics, self.room_context):
             part.apply_settings(new)
         report(old, new, len(self.registry))
         return True

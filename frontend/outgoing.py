@@ -88,17 +88,26 @@ class OutgoingDispatcher(Service):
         try:
             payload = encode(event)
         except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
-            self._counters["events_unencodable"] += 1
-            self._throttle.error("unencodable", "room %s: dropped a %s event that cannot be encoded (%s)",
-                                 _shown(event.get("room")), _shown(event.get("type")), exc)
+            self.unencodable(event.get("room"), event.get("type"), exc)
             return
+        self.event_bytes(list_key, payload, time.time())
+
+    def unencodable(self, room: Any, type: Any, exc: Exception) -> None:
+        """An event that cannot be encoded (only a bug can make one: validation refuses what UTF-8
+        cannot carry) is dropped, counted and logged."""
+        self._counters["events_unencodable"] += 1
+        self._throttle.error("unencodable", "room %s: dropped a %s event that cannot be encoded (%s)",
+                             _shown(room), _shown(type), exc)
+
+    def event_bytes(self, list_key: str, payload: bytes, ts: float) -> None:
+        """Queue one encoded event (``ts``: when it was made, for the latency histogram)."""
         if len(self._events) >= self._settings.event_buffer:
             self._events.popleft()
             self._counters["events_dropped"] += 1
             self._throttle.error("buffer-full", "event buffer full (%d): dropped the oldest event "
                                  "(%d dropped so far)", self._settings.event_buffer,
                                  self._counters["events_dropped"])
-        self._events.append((list_key, payload, time.time()))
+        self._events.append((list_key, payload, ts))
         self.wake.set()
 
     def wait_for_room(self) -> None:

@@ -43,6 +43,8 @@ SECRET_FIELDS = ("password", "key", "room_password")
 _ROOM_ID_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
 # C0 controls and DEL; C1 controls too (terminals act on them): never in an id, a name or a spec field
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# a room id: no white space, no control character (one search on the hot path)
+_ID_BAD = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 # A nick starts with a letter or one of RFC 2812's specials; never with a channel, STATUSMSG (@%~&+)
 # or mask ($) prefix, so a target can only ever be one person. Later characters: no separators.
 _NICK_RE = re.compile(r"^(?:[^\W\d]|[\[\]\\`^{|}])[^\s,*?!@:\x00-\x1f\x7f]*$")
@@ -76,7 +78,15 @@ def _check_string(value: str, what: str) -> str:
 
 
 def decode(raw: bytes | str) -> Any:
-    """Decode one list item; raises ProtocolError(``bad_command``) when it is not JSON."""
+    """Decode one list item; raises ProtocolError(``bad_command``) when it is not JSON.
+
+    Bytes go to ujson as they are (it checks UTF-8 while it parses: no second pass); only a failure
+    is decoded again, for the precise reason. A lone surrogate (CESU bytes or a ``\\ud800`` escape)
+    can come through: the checks of every field a command keeps refuse those."""
+    try:
+        return ujson.loads(raw)
+    except (ValueError, TypeError):
+        pass
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
         return ujson.loads(text)
@@ -318,13 +328,9 @@ def _check_id(obj: Mapping[str, Any]) -> str:
     room = obj.get("room")
     if not isinstance(room, str) or not room:
         raise ProtocolError("bad_command", "missing field 'room' (a non-empty string)")
-    if len(room) > MAX_ID_LEN or _ROOM_ID_BAD.search(room) or _CONTROL.search(room):
+    if len(room) > MAX_ID_LEN or _ID_BAD.search(room):
         raise ProtocolError("bad_command", "field 'room' is too long or has spaces/control characters")
-    return _check_string(room, "field 'room'")
-
-
-def _check_cmd_id(obj: Mapping[str, Any]) -> str | int | None:
-    return validate_cmd_id(obj.get("cmd_id"))
+    return room if room.isascii() else _check_string(room, "field 'room'")
 
 
 def validate_cmd_id(cmd_id: Any) -> str | int | None:
@@ -334,7 +340,7 @@ def validate_cmd_id(cmd_id: Any) -> str | int | None:
     if isinstance(cmd_id, int) and not isinstance(cmd_id, bool) and -MAX_INT_ID <= cmd_id < MAX_INT_ID:
         return cmd_id
     if isinstance(cmd_id, str) and len(cmd_id) <= MAX_ID_LEN:
-        return _check_string(cmd_id, "field 'cmd_id'")
+        return cmd_id if cmd_id.isascii() else _check_string(cmd_id, "field 'cmd_id'")
     raise ProtocolError("bad_command",
                         "field 'cmd_id' must be a string (<= 200 chars) or a 64-bit integer")
 
@@ -355,10 +361,13 @@ def check_text(text: Any, max_bytes: int = MAX_TEXT_BYTES, *, name: str = "text"
     """A command's text: a string of at most ``max_bytes`` UTF-8 bytes."""
     if not isinstance(text, str):
         raise ProtocolError("bad_command", f"missing field {name!r} (a string)")
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ProtocolError("bad_command", f"{name} is not valid Unicode (it has a lone surrogate)") from None
+    if text.isascii():  # one byte a character, and nothing UTF-8 cannot carry
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ProtocolError("bad_command", f"{name} is not valid Unicode (it has a lone surrogate)") from None
     if size > max_bytes:
         raise ProtocolError("bad_command", f"{name} is {size} bytes, the limit is {max_bytes}")
     return text
@@ -387,26 +396,23 @@ def validate_command(obj: Any, *, max_text_bytes: int = MAX_TEXT_BYTES, raw: byt
             "bad_command",
             f"unknown type {ctype!r}" if ctype is not None else "missing field 'type'")
     room = _check_id(obj)
-    cmd_id = _check_cmd_id(obj)
+    cmd_id = validate_cmd_id(obj.get("cmd_id"))
     if cmd_id is None and auto_id:
         cmd_id = "auto-" + hashlib.blake2b(raw, digest_size=8).hexdigest()
-    fields: dict[str, Any] = {"cmd_id": cmd_id}
-    if ctype == "join":
-        fields["spec"] = parse_spec(obj.get("spec"))
-        fields["spec_json"] = obj["spec"]
-    elif ctype in TEXT_COMMANDS:
-        fields["text"] = check_text(obj.get("text"), max_text_bytes)
-        if ctype != "topic" and obj.get("to") is not None:
-            fields["to"] = check_target(obj["to"])
+    received = time.time() if now is None else now
+    if ctype in TEXT_COMMANDS:  # the hot path: one construction, no keyword dict
+        text = check_text(obj.get("text"), max_text_bytes)
+        to = obj.get("to") if ctype != "topic" else None
         expires = obj.get("expires")
-        if expires is not None:
-            fields["expires"] = _timestamp(expires, "expires")
-    elif ctype == "part":
-        reason = obj.get("reason")
-        if reason is not None:
-            fields["reason"] = check_text(reason, 400, name="reason")
-    return Command(type=ctype, room=room, received=time.time() if now is None else now, raw=raw,
-                   **fields)
+        return Command(ctype, room, cmd_id, text, None if to is None else check_target(to), None, None, None,
+                       None if expires is None else _timestamp(expires, "expires"), received, raw)
+    if ctype == "join":
+        spec_json = obj.get("spec")
+        return Command(ctype, room, cmd_id, spec=parse_spec(spec_json), spec_json=spec_json, received=received,
+                       raw=raw)
+    reason = obj.get("reason") if ctype == "part" else None
+    return Command(ctype, room, cmd_id, reason=None if reason is None else check_text(reason, 400, name="reason"),
+                   received=received, raw=raw)
 
 
 def parse_command(raw: bytes, *, max_text_bytes: int = MAX_TEXT_BYTES) -> Command:
@@ -504,3 +510,25 @@ def event(type: str, room: str, protocol: str, tenant: str | None = None, /,
     out["event_id"] = new_event_id()
     out["ts"] = time.time()
     return out
+
+
+def event_head(room: str, protocol: str, tenant: str | None) -> str:
+    """The JSON of the fields every event of a room shares, after ``type`` (``"room":..,"protocol":..``
+    and ``"tenant"``): made once per room, so an event costs one encode of its own fields."""
+    common: dict[str, Any] = {"room": room, "protocol": protocol}
+    if tenant is not None:
+        common["tenant"] = tenant
+    return ujson.dumps(common, ensure_ascii=False, escape_forward_slashes=False)[1:-1]
+
+
+def encode_event(type: str, head: str, fields: dict[str, Any]) -> tuple[bytes, float]:
+    """An event as ``event()`` makes it, encoded: ``{"type":..,<head>,<fields>,"event_id":..,"ts":..}``,
+    and its ``ts``. ``type`` is one of ``EVENT_TYPES`` (no escaping needed); a ``cmd_id`` of None is
+    left out. Raises ``UnicodeEncodeError`` like ``encode`` for what UTF-8 cannot carry."""
+    if "cmd_id" in fields and fields["cmd_id"] is None:
+        del fields["cmd_id"]
+    ts = time.time()
+    body = ujson.dumps(fields, ensure_ascii=False, escape_forward_slashes=False)
+    text = '{"type":"%s",%s%s%s,"event_id":"%s","ts":%r}' % (
+        type, head, "," if len(body) > 2 else "", body[1:-1], new_event_id(), ts)
+    return text.encode("utf-8"), ts

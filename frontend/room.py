@@ -63,13 +63,18 @@ class RoomContext:
     tenants: "TenantTable | None" = None
     #: the registry's: a room ended without a ``part`` (``"moved"``); set by the registry
     left: Callable[["Room", str], None] | None = None
+    #: ``room_event_rate`` (0: no inbound limit), kept here so a chat line costs an attribute read
+    inbound_rate: float = 0.0
+
+    def apply_settings(self, new: Settings) -> None:
+        self.inbound_rate = new.room_event_rate
 
 
 class Room:
     """One chat room (an IRC channel or an XMPP MUC) as seen by its greenlet."""
 
     __slots__ = ("id", "spec", "spec_json", "queue", "state", "state_since", "attempts", "last_error",
-                 "_ctx", "session", "_events_key", "greenlet", "parted", "_inbound", "__weakref__")
+                 "_ctx", "session", "_events_key", "_head", "greenlet", "parted", "_inbound", "__weakref__")
 
     def __init__(self, room_id: str, spec: Spec, spec_json: dict, ctx: RoomContext) -> None:
         self.id = room_id
@@ -83,6 +88,7 @@ class Room:
         self._ctx = ctx
         self.session: ChatSession | None = None
         self._events_key = self._events_key_for(spec)
+        self._head = protocol.event_head(room_id, spec.protocol, spec.tenant)
         self.greenlet: gevent.Greenlet | None = None
         self.parted = False
         self._inbound: TokenBucket | None = None  # made on the first chat line: most rooms are quiet
@@ -106,18 +112,20 @@ class Room:
 
     # ------------------------------------------------------------------------- RoomLink (sessions)
     def emit(self, type: str, **fields: Any) -> None:
-        if type in _CHAT_EVENTS and not self._inbound_allowed():
+        if type in _CHAT_EVENTS and self._ctx.inbound_rate and not self._inbound_allowed():
             return
-        self._ctx.outbox.event(self._events_key, protocol.event(
-            type, self.id, self.spec.protocol, self.spec.tenant, **fields))
+        try:
+            payload, ts = protocol.encode_event(type, self._head, fields)
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+            self._ctx.outbox.unencodable(self.id, type, exc)
+            return
+        self._ctx.outbox.event_bytes(self._events_key, payload, ts)
 
     def _inbound_allowed(self) -> bool:
         bucket = self._inbound
-        if bucket is None:
-            settings = self._ctx.settings()
-            if settings.room_event_rate <= 0:
-                return True
-            bucket = self._inbound = TokenBucket(settings.room_event_rate, settings.room_event_burst)
+        rate = self._ctx.inbound_rate
+        if bucket is None or bucket.rate != rate:  # made on the first chat line; again after a reload
+            bucket = self._inbound = TokenBucket(rate, self._ctx.settings().room_event_burst)
         if bucket.take() == 0.0:
             return True
         self._ctx.counters["events_rate_dropped"] += 1
@@ -200,6 +208,7 @@ class Room:
             assert command.spec is not None and command.spec_json is not None
             self.spec, self.spec_json = command.spec, command.spec_json
             self._events_key = self._events_key_for(self.spec)
+            self._head = protocol.event_head(self.id, self.spec.protocol, self.spec.tenant)
             self._attach()
         self.ack(command)
 
