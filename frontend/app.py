@@ -4,7 +4,8 @@ Parts (each gets what it uses, see its module): the in-flight ledger (``inflight
 dispatcher (``outgoing``), the chat session pool (``sessions``), the room registry (``registry``, with
 a ``RoomContext`` for its rooms), the router (``router``: ``control`` to the room holders), the
 incoming dispatcher (``incoming``: this frontend's commands to its rooms), the lease keeper
-(``lease``), the heartbeat, recovery, the Redis health ping and the systemd watchdog. Every
+(``lease``) and this frontend's membership of the fleet (``membership``: adopt, lose, hand over), the
+heartbeat, recovery, the Redis health ping and the systemd watchdog. Every
 long-lived loop is a ``Service`` under one ``Supervisor`` that restarts a loop that died.
 
 Start: raise the open-file limit -> wait for Redis -> our lease -> beat, move legacy leftovers back,
@@ -35,20 +36,19 @@ import gevent.event
 import redis
 
 from . import __version__
+from .chat.base import SpeakGate
 from .config import Settings
 from .counters import Counters
 from .heartbeat import Heartbeat
 from .incoming import IncomingDispatcher
 from .inflight import InflightLedger
-from . import scripts
 from .keys import Keys
-from .chat.base import SpeakGate
 from .lease import LeaseKeeper
 from .logs import Throttle, flush_throttles
+from .membership import Membership
 from .metrics import FrontendCollector, Health, MetricsServer, MetricsView, RedisPing, build_registry
 from .outgoing import OutgoingDispatcher
 from .pacing import Backoff
-from .placement import share_key
 from .protocol import Spec
 from .recovery import Recovery
 from .redis_conn import REDIS_ERRORS, DirectLink, shared_client
@@ -59,14 +59,10 @@ from .router import Router
 from .sealing import sealer_from_settings
 from .service import Supervisor
 from .sessions import SessionPool
-from .tenants import TenantTable
 from .systemd import Watchdog, notify
+from .tenants import TenantTable
 
 log = logging.getLogger(__name__)
-
-#: rooms placed per call of adopt.lua at start
-ADOPT_CHUNK = 2000
-
 
 def raise_nofile_limit(rooms_hint: int = 0) -> int:
     """Raise the open-file soft limit to the hard limit; warn when it is below what rooms need."""
@@ -124,7 +120,8 @@ class Frontend:
         #: one router more per scoped tenant, for its own intake (``sync_tenants``)
         self.tenant_routers: dict[str, Router] = {}
         self.lease = LeaseKeeper(self.redis, keys, fid, settings=lambda: self.settings, gate=self.gate,
-                                 counters=counters, on_lost=self._lost, on_drain=self._drain,
+                                 counters=counters, on_lost=lambda taker: self.membership.lost(taker),
+                                 on_drain=lambda: self.membership.drain(),
                                  housekeeping=self._housekeeping)
         self.heartbeat = Heartbeat(self.redis, keys.heartbeat(fid), settings.heartbeat_interval,
                                    self.snapshot, after_beat=flush_throttles)
@@ -135,9 +132,10 @@ class Frontend:
         for service in (self.redis_ping, self.outbox, self.heartbeat, self.recovery, self.lease,
                         self.incoming, self.router, self.watchdog):
             self.supervisor.add(service)
-        self._adopt = scripts.load("adopt").register(self.redis)
-        self._release = scripts.load("release").register(self.redis)
-        self._draining: gevent.Greenlet | None = None
+        self.membership = Membership(
+            self.redis, keys, settings=lambda: self.settings, registry=self.registry, ledger=self.ledger,
+            outbox=self.outbox, counters=counters, supervisor=self.supervisor,
+            intake=lambda: [self.router, *self.tenant_routers.values(), self.incoming])
         self._beats = 0
         self.metrics = MetricsServer(
             build_registry(FrontendCollector(counters, self.metrics_view)),
@@ -267,66 +265,8 @@ class Frontend:
         self.heartbeat.beat()
         self.recovery.scan_once()
         specs = self.registry.load(self.redis, self.keys)
-        mine = self.adopt(specs)
+        mine = self.membership.adopt(specs)
         return {room: specs[room] for room in sorted(mine) if room in specs}
-
-    def adopt(self, specs: dict[str, tuple[Spec, dict]]) -> set[str]:
-        """Place the registry's rooms nobody alive holds, route what an earlier run of this frontend id
-        held; returns the rooms this frontend holds. In chunks, so Redis never waits long for us."""
-        pairs = [(room, share_key(spec_json)) for room, (_, spec_json) in sorted(specs.items())]
-        mine: set[str] = set()
-        for start in range(0, max(len(pairs), 1), ADOPT_CHUNK):
-            chunk = [x for pair in pairs[start:start + ADOPT_CHUNK] for x in pair]
-            earlier, *held = self._adopt(keys=[self.keys.leases],
-                                         args=[self.keys.prefix, self.settings.frontend_id,
-                                               self.settings.max_item_bytes, *chunk])
-            if earlier:
-                log.warning("re-queued %d in-flight commands left by an earlier run", earlier)
-                self.counters["commands_requeued"] += int(earlier)
-            mine.update(r.decode("utf-8", "replace") for r in held)
-        return mine
-
-    # ------------------------------------------------------------------------ several frontends
-    def _lost(self, taker: str) -> None:
-        """Our lease lapsed and frontend ``taker`` took our rooms: leave them without a word."""
-        rooms = list(self.registry)
-        for room_id in rooms:
-            self.registry.drop(room_id)
-        self.ledger.forget_all()
-        log.warning("left %d rooms that frontend %s holds now", len(rooms), taker)
-
-    def _drain(self) -> None:
-        """``greenroom drain``: hand every room to live peers, then stay up, taking no new rooms."""
-        if self._draining is not None and not self._draining.dead:
-            return
-        self._draining = gevent.spawn(self._hand_over_while_running)
-
-    def _hand_over_while_running(self) -> None:
-        log.info("draining: handing %d rooms to other frontends", len(self.registry))
-        routers = [self.router, *self.tenant_routers.values()]
-        self.supervisor.stop([*routers, self.incoming])
-        self.registry.leave_all("moving to another frontend", timeout=self.settings.shutdown_timeout)
-        self.outbox.wake.set()
-        deadline = time.monotonic() + self.settings.shutdown_timeout
-        while self.outbox.pending and time.monotonic() < deadline:
-            gevent.sleep(0.05)  # the acks of what the rooms sent, before the rest is handed over
-        self.hand_over(end_lease=False)
-        for service in (self.incoming, *routers):
-            service.reset()
-        self.supervisor.start([self.incoming, *routers])
-
-    def hand_over(self, *, end_lease: bool) -> None:
-        """Every room this frontend holds goes to a live peer, with what it still holds in flight."""
-        try:
-            given, unheld, items = self._release(
-                keys=[self.keys.leases], args=[self.keys.prefix, self.settings.frontend_id,
-                                               self.settings.max_item_bytes, "1" if end_lease else "0"])
-        except REDIS_ERRORS as exc:
-            log.warning("rooms not handed over (%s): the others take them when our lease expires", exc)
-            return
-        self.ledger.forget_all()
-        log.info("handed %d rooms to other frontends (%d left for the next frontend to start), "
-                 "%d commands in flight with them", given, unheld, items)
 
     def stop(self, timeout: float | None = None) -> None:
         """Graceful stop within ``timeout`` seconds (default ``shutdown_timeout``). Idempotent."""
@@ -351,7 +291,7 @@ class Frontend:
         log.info("stopping: handing the rooms over")
         self.supervisor.stop([self.lease])
         if self.registry.loaded:
-            self.hand_over(end_lease=True)
+            self.membership.hand_over(end_lease=True)
         self.supervisor.stop()  # the rest, in reverse order
         self.heartbeat.remove()
         self.metrics.stop()

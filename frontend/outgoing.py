@@ -69,6 +69,9 @@ class OutgoingDispatcher(Service):
         self.redis_ok_at = 0.0
         self._space = gevent.event.Event()
         self._space.set()
+        #: set while nothing waits to be written
+        self._empty = gevent.event.Event()
+        self._empty.set()
         self._failing = False
         self._gave_up = False
         self._retry_timer: gevent.Greenlet | None = None
@@ -135,6 +138,13 @@ class OutgoingDispatcher(Service):
         self._registry[room_id] = None if spec is None else encode(spec)
         self.wake.set()
 
+    def flushed(self, timeout: float) -> bool:
+        """Wait until everything handed over so far was written (or ``timeout``); True when it was."""
+        if self._has_work():
+            self._empty.clear()
+            self.wake.set()
+        return self._empty.wait(timeout)
+
     @property
     def pending(self) -> int:
         return (len(self._events) + self._ledger.pending_acks + len(self._dead) + len(self._states)
@@ -160,6 +170,7 @@ class OutgoingDispatcher(Service):
                     self._space.set()
                 gevent.sleep(0)  # a turn for the readers between batches
             self._failing = False
+            self._empty.set()
         except REDIS_ANY as exc:
             self._counters["redis_reconnects:outgoing"] += 1
             self.last_error = str(exc)
