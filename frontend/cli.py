@@ -1,11 +1,14 @@
 """The ``greenroom`` command: ``run`` the daemon; ``join``/``part``/``say``, ``rooms``, ``status``,
-``frontends``, ``drain``/``undrain``/``rebalance``, ``dead``, ``secrets`` and ``web`` (the dashboard) for ops.
+``frontends``, ``drain``/``undrain``/``rebalance``, ``dead``, ``secrets``, ``tenant`` and ``web`` (the
+dashboard) for ops.
 
 The ops commands only push to ``control`` or read Redis, so they work against a running daemon
 anywhere. Passwords are never taken from argv: they come from an environment variable or a prompt.
 What they print comes from Redis and is hostile: control characters are escaped (``--json`` too),
 secrets masked. The views are ``frontend.status``, dead letters ``frontend.deadletters``, secrets at
-rest ``frontend.sealing``, the actions on several frontends ``frontend.fleetops``.
+rest ``frontend.sealing``, the actions on several frontends ``frontend.fleetops``, on tenants
+``frontend.tenantops``. A tenant's password is printed once, alone on its line of stdout, by
+``tenant credentials``, and nowhere else.
 """
 
 import os
@@ -307,6 +310,208 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+# ------------------------------------------------------------------------------------------ tenants
+#: when a registry change reaches the frontends
+APPLIED = "the frontends apply it at their next lease renewal (every lease_time/3, 2 s by default)"
+
+
+def _rooms(n: int) -> str:
+    return f"{n} room" if n == 1 else f"{n} rooms"
+
+
+def _limits_text(tenant: Any) -> str:
+    from .tenantops import LIMITS, limit_text
+
+    return ", ".join(f"{key} {limit_text(getattr(tenant, key))}" for key in LIMITS)
+
+
+def _over_quota(name: str, used: int, limit: int | None) -> str | None:
+    if limit is None or used <= limit:
+        return None
+    return (f"tenant {name} has {_rooms(used)}, more than its max_rooms {limit}: none is parted; joins of new "
+            f"rooms are refused until it has fewer")
+
+
+def _limit_arg(text: str) -> int | str:
+    """``--max-rooms`` and friends: a whole number >= 0, or ``none`` (no limit)."""
+    from .tenantops import parse_limit
+
+    try:
+        value = parse_limit(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return "none" if value is None else value
+
+
+def cmd_tenant(args: argparse.Namespace) -> int:
+    from . import tenantops
+    from .status import terminal_json
+    from .tenants import Tenant, check_name
+
+    settings = _settings(args)
+    client, keys = _client(settings), Keys(settings.key_prefix)
+    action = args.action
+    if action == "list":
+        return _tenant_list(client, keys, args.json)
+    name = check_name(args.name)
+    try:
+        if action == "show":
+            from .status import format_tenant, tenant_detail
+
+            detail = tenant_detail(client, keys, name)
+            if detail is None:
+                raise tenantops.Refused(f"no tenant {name} (`greenroom tenant list` lists them)")
+            print(terminal_json(detail) if args.json else format_tenant(detail))
+            return 0
+        if action == "add":
+            limits = {key: None if value in (None, "none") else value for key, value in _limit_args(args).items()}
+            done = tenantops.add(client, keys, Tenant(name, **limits))
+            print(f"tenant {name} added: {_limits_text(done['tenant'])}")
+            print(APPLIED)
+            if done["rooms"]:
+                print(f"{_rooms(done['rooms'])} naming tenant {name} already: counted towards its max_rooms")
+            over = _over_quota(name, done["rooms"], done["tenant"].max_rooms)
+            if over:
+                print(over)
+            return 0
+        if action == "set":
+            given = {key: None if value == "none" else value for key, value in _limit_args(args).items()
+                     if value is not None}
+            if not given:
+                raise ConfigError("tenant set: name a limit to change (--max-rooms, --lines-per-minute, "
+                                  "--max-queued; 'none' lifts one)")
+            before, after = tenantops.change(client, keys, name, given)
+            changes = [f"{key} {tenantops.limit_text(getattr(before, key))} -> {tenantops.limit_text(value)}"
+                       for key, value in given.items() if getattr(before, key) != value]
+            if not changes:
+                print(f"tenant {name}: unchanged ({_limits_text(after)})")
+                return 0
+            print(f"tenant {name}: {', '.join(changes)}")
+            print(APPLIED)
+            from .tenants import rooms_of
+
+            over = _over_quota(name, rooms_of(client, keys, name), after.max_rooms)
+            if over:
+                print(over)
+            return 0
+        if action == "remove":
+            return _tenant_remove(client, keys, name, args.force)
+        if action == "credentials":
+            return _tenant_credentials(settings, client, keys, name, args.rotate)
+        if action == "revoke":
+            done = tenantops.revoke_credentials(client, keys, name)
+            if not done["existed"] and not done["was_scoped"]:
+                print(f"tenant {name} had no credentials: nothing to revoke")
+                return 0
+            print(f"tenant {name}: ACL user {done['acl_user']} deleted (Redis closed its connections)")
+            print(f"its intake {keys.tenant_control(name)} is no longer read ({done['intake']} commands wait "
+                  f"there); {APPLIED}")
+            print(f"its rooms stay joined; their events now go to the shared events lists (`messages`, "
+                  f"`messages.<name>`), not {keys.tenant(name)}messages")
+            _acl_note(done["acl_saved"])
+            return 0
+    except tenantops.Refused as exc:
+        print(f"greenroom: tenant {action}: {terminal(exc)}", file=sys.stderr)
+        return 1
+    raise ConfigError(f"unknown tenant action {action!r}")
+
+
+def _limit_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_rooms": args.max_rooms, "lines_per_minute": args.lines_per_minute, "max_queued": args.max_queued}
+
+
+def _tenant_list(client: redis.Redis, keys: Keys, as_json: bool) -> int:
+    from .status import (fleet, fleet_frontends, format_tenant_list, registry, rooms, tenants_view,
+                         terminal_json)
+
+    reg = registry(client, keys)
+    state = fleet(client, keys)
+    view = tenants_view(client, keys, rooms(client, keys, state), fleet_frontends(client, keys, state), reg)
+    print(terminal_json(view) if as_json else format_tenant_list(view))
+    if view["invalid"]:
+        print(f"greenroom: {len(view['invalid'])} entries of `{terminal(keys.tenants)}` are invalid and "
+              f"ignored, by the frontends too: {', '.join(terminal(repr(n)) for n in view['invalid'][:20])}",
+              file=sys.stderr)
+    return 0
+
+
+def _tenant_remove(client: redis.Redis, keys: Keys, name: str, force: bool) -> int:
+    from .tenantops import remove
+
+    done = remove(client, keys, name, force=force)
+    print(f"tenant {name} removed; {APPLIED}")
+    if done["acl_user_deleted"]:
+        print(f"its ACL user {done['acl_user']} is deleted: its backends' connections are closed and its "
+              f"password no longer works")
+    else:
+        print("it had no ACL user (no credentials)")
+    rooms = done["rooms"]
+    if rooms:
+        shown = ", ".join(terminal(r) for r in rooms[:10]) + (", ..." if len(rooms) > 10 else "")
+        print(f"its {_rooms(len(rooms))} ({shown}) stay joined as rooms whose tenant is a free label: they count "
+              f"against no quota, `control` reaches them"
+              + (f" (its intake no longer does), and their events go to the shared events lists (`messages`, "
+                 f"`messages.<name>`), not {keys.tenant(name)}messages" if done["scoped"] else "")
+              + f"; with require_tenants, joins naming {name} are refused. `greenroom part ROOM` parts one")
+    else:
+        print("it had no rooms")
+    print(f"its keys under {keys.tenant(name)} stay for its backends to finish with ({keys.tenant_control(name)} "
+          f"{done['intake']} commands, no longer read; {keys.tenant_dead(name)} {done['dead']} dead letters; "
+          f"its events lists): delete them when they are done")
+    if done["acl_user_deleted"]:
+        _acl_note(done["acl_saved"])
+    return 0
+
+
+def _acl_note(problem: str | None) -> None:
+    if problem:
+        print(f"greenroom: note: {terminal(problem)}", file=sys.stderr)
+
+
+def _tenant_credentials(settings: Settings, client: redis.Redis, keys: Keys, name: str, rotate: bool) -> int:
+    """Print the tenant's URL alone on stdout; everything else goes to stderr, and never the password."""
+    import dataclasses
+    from urllib.parse import urlsplit
+
+    from .tenantops import issue_credentials
+
+    url, info = issue_credentials(client, keys, name, settings.redis_url, rotate=rotate)
+    print(terminal(url), flush=True)
+    user = info["acl_user"]
+    err = sys.stderr
+    if info["rotated"]:
+        print(f"greenroom: rotated the password of ACL user {user}: the old one no longer works, and the "
+              f"connections opened with it are closed; give the URL above to the tenant's backends", file=err)
+    else:
+        print(f"greenroom: created ACL user {user}: it may touch only {keys.tenant(name)}* (backend_sdk: "
+              f"Backend(url, tenant=\"{name}\")); the frontends read its intake {keys.tenant_control(name)} "
+              f"from their next lease renewal on. Running this again makes a new password only with --rotate", file=err)
+    if info["left_out"]:
+        print(f"greenroom: note: the URL leaves out these options of redis_url: "
+              f"{', '.join(terminal(o) for o in info['left_out'])} (credentials are never copied; the sentinels' "
+              f"password, when they need one, must be one of the tenant's own)", file=err)
+    if info["several_servers"]:
+        print("greenroom: note: Redis ACL users are per server and are not replicated: create this user on "
+              "every node that may serve the tenant (replicas, cluster nodes, a promoted primary)", file=err)
+    _acl_note(info["acl_saved"])
+    secret = urlsplit(url).password or ""
+    try:
+        check = _client(dataclasses.replace(settings, redis_url=url))
+        try:  # it logs in as the tenant's user, and reaches the tenant's keys
+            info = check.execute_command("CLIENT", "INFO")
+            info = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+            if f" user={user} " not in f" {info} ":
+                raise redis.RedisError(f"it does not log in as {user}")
+            check.llen(keys.tenant_control(name))
+        finally:
+            check.close()
+    except (redis.RedisError, ConfigError, ValueError) as exc:
+        why = str(exc).replace(url, "<the URL>").replace(secret, "***") if secret else str(exc)
+        print(f"greenroom: warning: the URL does not work from here: {terminal(why)}", file=err)
+        return 1
+    return 0
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     from .logs import setup_logging
     from .web.dashboard import serve
@@ -443,6 +648,57 @@ def build_parser() -> argparse.ArgumentParser:
                          help="new-key: print a fresh key; rotate: re-seal every spec in `rooms` with the "
                               "first key")
     secrets.set_defaults(func=cmd_secrets)
+
+    tenant = sub.add_parser("tenant", help="the tenant registry: add, list, show, set, remove; credentials, revoke",
+                            description="Tenants of a hosted greenroom (README: Hosting many tenants). Every "
+                                        "change reaches the frontends at their next lease renewal, no restart.")
+    actions = tenant.add_subparsers(dest="action", required=True, metavar="ACTION")
+    limit_help = {"max_rooms": "most rooms over every frontend (a join past it: quota_exceeded)",
+                  "lines_per_minute": "outbound lines per minute over all its rooms",
+                  "max_queued": "most lines queued over all its rooms (past it: flood_dropped)"}
+
+    def limits(p: argparse.ArgumentParser, unset: str) -> None:
+        for key, text in limit_help.items():
+            p.add_argument("--" + key.replace("_", "-"), type=_limit_arg, metavar="N|none",
+                           help=f"{text}; 'none': no limit; {unset}")
+
+    add = actions.add_parser("add", parents=[common], help="register a tenant with its limits")
+    add.add_argument("name", metavar="NAME", help="1-63 of a-z, 0-9, '_', '-'")
+    limits(add, "omitted: no limit")
+    t_list = actions.add_parser("list", parents=[common], help="every tenant: limits, quota use, rooms by state, "
+                                                               "lines sent, drops")
+    t_list.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", parents=[common], help="one tenant, with its rooms")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true")
+    t_set = actions.add_parser("set", parents=[common], help="change a tenant's limits ('none' lifts one)")
+    t_set.add_argument("name", metavar="NAME")
+    limits(t_set, "omitted: unchanged")
+    remove = actions.add_parser("remove", parents=[common], help="remove a tenant (refused while it has rooms)",
+                                description="Removes the tenant's entry, its room count and its ACL user (its "
+                                            "backends' connections are closed). Refused while it has rooms, "
+                                            "unless --force: its rooms then stay joined, as rooms whose tenant "
+                                            "is a free label (no quota; their events go to the shared events "
+                                            "lists). Its other keys under tenant:NAME: stay.")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("--force", action="store_true", help="remove it even though it has rooms (they stay "
+                                                             "joined)")
+    cred = actions.add_parser("credentials", parents=[common],
+                              help="print a Redis URL for the tenant's backends (its own ACL user)",
+                              description="Creates the tenant's Redis ACL user, which may touch only "
+                                          "tenant:NAME:*, and prints the Redis URL with its user and password "
+                                          "on stdout, alone on its line (notes go to stderr); the password is "
+                                          "shown nowhere else, and never on the dashboard. Running it again "
+                                          "is refused unless --rotate, which makes a new password: the old "
+                                          "one stops working at once and the connections opened with it are "
+                                          "closed.")
+    cred.add_argument("name", metavar="NAME")
+    cred.add_argument("--rotate", action="store_true",
+                      help="the tenant has credentials: make a new password (the old one stops working)")
+    revoke = actions.add_parser("revoke", parents=[common], help="delete the tenant's ACL user; its intake is "
+                                                                 "no longer read")
+    revoke.add_argument("name", metavar="NAME")
+    tenant.set_defaults(func=cmd_tenant)
 
     web = sub.add_parser("web", parents=[common], help="the web dashboard (reads and writes only Redis)")
     web.add_argument("--web-addr", help="host:port to listen on (default 127.0.0.1:9479)")

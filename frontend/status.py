@@ -9,6 +9,11 @@ Several frontends (``fleet()``): who is alive is what placement says, the leases
 of ``rooms`` is held by a live frontend. The actions on the fleet (drain, rebalance) are
 ``frontend.fleetops``.
 
+Tenants (``tenants_view()``): the registered tenants (``tenants``) and one row for every other room,
+each with its rooms by state, its quota use (``SCARD tenant:<name>:rooms`` against ``max_rooms``) and
+the live counters the frontends' heartbeats carry in their ``tenants`` field, summed over the live
+frontends (``-`` when none carries it).
+
 Every value read from Redis is treated as hostile: secrets are masked (in clear or sealed, at any
 depth), strings that are not valid Unicode are made so, fields have the types the views expect, and
 ``terminal()`` / ``terminal_json()`` escape control characters for the operator's terminal.
@@ -24,14 +29,17 @@ from typing import Any
 
 import redis
 
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
 from .keys import Keys, glob_escape
 from .logs import escape_controls, escape_json
 from .protocol import SECRET_FIELDS, decode
 from .sealing import is_sealed
+from .tenants import Tenant, check_name
 
 #: heartbeat fields that hold JSON
-_JSON_FIELDS = {"rooms_by_state", "rooms_by_protocol", "commands"}
+_JSON_FIELDS = {"rooms_by_state", "rooms_by_protocol", "commands", "tenants"}
+#: a heartbeat's JSON field larger than this is not decoded (not one of ours)
+_JSON_FIELD_BYTES = 1 << 20
 _NUMBER_FIELDS = {"pid", "started", "rooms", "sessions", "inflight", "outbox", "deepest_room_queue",
                   "events_pushed", "events_dropped"}
 MASK = "***"
@@ -111,7 +119,7 @@ def frontends(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
             field, text = _text(name), _text(value)
             entry[field] = text
             if field in _JSON_FIELDS:
-                obj = _decode_obj(value)
+                obj = _decode_obj(value) if len(value) <= _JSON_FIELD_BYTES else None
                 entry[field] = clean(obj) if obj is not None else text
             elif field in _NUMBER_FIELDS:
                 try:
@@ -341,10 +349,245 @@ def overview(client: redis.Redis, keys: Keys, *, attention: int = 0) -> dict[str
     fes = fleet_frontends(client, keys, state)
     data = {"ts": time.time(), "frontends": fes, "alive": sum(1 for fe in fes if fe["alive"]),
             "rooms": {"total": len(all_rooms), "by_state": by_state, "by_protocol": by_protocol},
-            "holding": holding(state), "lists": list_lengths(client, keys)}
+            "holding": holding(state), "lists": list_lengths(client, keys),
+            "tenants": tenants_view(client, keys, all_rooms, fes)}
     if attention:
         data["attention"] = [r for r in all_rooms if r["state"] not in ("joined", "parted")][:attention]
     return data
+
+
+# ---------------------------------------------------------------------------------------- tenants
+#: the per-tenant counters a frontend's heartbeat may carry in its field ``tenants``, JSON
+#: ``{"<name>": {"rooms": n, "lines_sent": n, "drops": n}, ...}``; summed over the live frontends
+TENANT_COUNTERS = ("rooms", "lines_sent", "drops")
+#: how the row of every room that is not a registered tenant's is named in tables
+UNREGISTERED = "(unregistered)"
+
+
+def registry(client: redis.Redis, keys: Keys) -> tuple[dict[str, Tenant], list[str]]:
+    """The registered tenants by name, read as the frontends read them, and the names of the entries
+    they ignore (an invalid name or entry: anyone with write access may have put anything there)."""
+    valid: dict[str, Tenant] = {}
+    invalid = []
+    for raw_name, raw in client.hgetall(keys.tenants).items():
+        name = _text(raw_name)
+        try:
+            valid[check_name(name)] = Tenant.from_json(name, raw)
+        except (ConfigError, ValueError, TypeError, OverflowError, RecursionError):
+            invalid.append(clean(name))
+    return dict(sorted(valid.items())), sorted(invalid)
+
+
+def _counter(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or value < 0 or value != int(value) or value >= 2 ** 63:
+        return None
+    return int(value)
+
+
+def tenant_counters(value: Any) -> dict[str, dict[str, int]] | None:
+    """A heartbeat's ``tenants`` field (decoded) with only its well-formed counters (whole numbers
+    >= 0 of ``TENANT_COUNTERS``); None when it is not an object (missing, or not one of ours)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for name, counters in value.items():
+        if isinstance(counters, dict):
+            out[clean(str(name))] = {k: n for k in TENANT_COUNTERS if (n := _counter(counters.get(k))) is not None}
+    return out
+
+
+def _tenant_row(name: str | None, tenant: Tenant | None) -> dict[str, Any]:
+    return {"name": name, "registered": tenant is not None,
+            "max_rooms": tenant.max_rooms if tenant else None,
+            "lines_per_minute": tenant.lines_per_minute if tenant else None,
+            "max_queued": tenant.max_queued if tenant else None,
+            "scoped": tenant.scoped if tenant else False,
+            "rooms": 0, "by_state": {}, "quota": None, "live": {k: None for k in TENANT_COUNTERS},
+            "intake": None, "dead": None}
+
+
+def tenants_view(client: redis.Redis, keys: Keys, rows: list[dict[str, Any]], fes: list[dict[str, Any]],
+                 registered: tuple[dict[str, Tenant], list[str]] | None = None) -> dict[str, Any]:
+    """The rooms and counters by tenant: a row per registered tenant (``registered``, by name) and one
+    for every other room (``unregistered``: no tenant, or a label the registry does not have), never a
+    row per label. ``rows`` are ``rooms()``, ``fes`` are ``fleet_frontends()``. Each row: its limits,
+    ``rooms`` and ``by_state`` (the rooms of ``rooms`` and their states), ``quota`` (``used``: SCARD
+    tenant:<name>:rooms, ``max``, ``share``), ``live`` (``rooms``, ``lines_sent``, ``drops``: the
+    ``tenants`` field of the live frontends' heartbeats summed, None when no live frontend has it),
+    ``intake`` and ``dead`` (the lengths of its own intake and its dead letters)."""
+    reg, invalid = registered if registered is not None else registry(client, keys)
+    out = {name: _tenant_row(name, tenant) for name, tenant in reg.items()}
+    other = _tenant_row(None, None)
+    pipe = client.pipeline(transaction=False)
+    for name in reg:
+        pipe.scard(keys.tenant_rooms(name))
+        pipe.llen(keys.tenant_control(name))
+        pipe.llen(keys.tenant_dead(name))
+    answers = [n if isinstance(n, int) else 0 for n in pipe.execute(raise_on_error=False)] if reg else []
+    for i, (name, row) in enumerate(out.items()):
+        used, row["intake"], row["dead"] = answers[3 * i:3 * i + 3]
+        limit = row["max_rooms"]
+        row["quota"] = {"used": used, "max": limit,
+                        "share": None if not limit else round(used / limit, 4)}
+    for room in rows:
+        row = out.get(room.get("tenant") or "", other) if room.get("tenant") else other
+        row["rooms"] += 1
+        row["by_state"][room["state"]] = row["by_state"].get(room["state"], 0) + 1
+    live = [fe for fe in fes if fe.get("alive") and fe.get("heartbeat", True)]
+    reports = [c for c in (tenant_counters(fe.get("tenants")) for fe in live) if c is not None]
+    if reports:
+        for row in [*out.values(), other]:
+            row["live"] = {k: 0 for k in TENANT_COUNTERS}
+        for report in reports:
+            for name, counters in report.items():
+                target = out.get(name, other)["live"]
+                for k, n in counters.items():
+                    target[k] += n
+    return {"registered": list(out.values()), "unregistered": other, "invalid": invalid,
+            "live_frontends": len(live), "reporting": len(reports)}
+
+
+def quota_text(row: dict[str, Any]) -> str:
+    """``used/max share%`` (``over`` past it), ``used/-`` without a limit, ``-`` for the unregistered."""
+    quota = row.get("quota")
+    if not quota:
+        return "-"
+    used, limit = quota["used"], quota["max"]
+    if limit is None:
+        return f"{used}/-"
+    text = f"{used}/{limit} {used * 100 // limit if limit else (100 if used else 0)}%"
+    return text + " over" if used > limit else text
+
+
+def _live_text(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def states_text(by_state: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(by_state.items(), key=lambda kv: str(kv[0])))
+
+
+def live_note(view: dict[str, Any], label: str = "SENT, DROPS") -> str | None:
+    """Why the live counters are ``-``, or that they cover only some live frontends; None when they
+    are summed over every live frontend."""
+    live, reporting = view["live_frontends"], view["reporting"]
+    if not live:
+        return f"{label}: - (no live frontend)"
+    if not reporting:
+        return f"{label}: - (no live frontend's heartbeat has per-tenant counters yet: 0 of {live})"
+    if reporting < live:
+        return (f"{label}: summed over {reporting} of {live} live frontends (the others' heartbeats "
+                f"have no per-tenant counters)")
+    return None
+
+
+def format_tenants(view: dict[str, Any], limit: int = 20) -> list[str]:
+    """The tenant section of `greenroom status`: a row per registered tenant (at most ``limit``) and the
+    unregistered row. Every value escaped."""
+    lines = [f"{'TENANT':24} {'ROOMS':>6} {'QUOTA':16} {'SENT':>10} {'DROPS':>8}  STATES"]
+    rows = view["registered"]
+    for row in [*rows[:limit], view["unregistered"]]:
+        name = row["name"] if row["registered"] else UNREGISTERED
+        lines.append(f"{_cell(name, 24)} {row['rooms']:>6} {_cell(quota_text(row), 16)} "
+                     f"{_live_text(row['live']['lines_sent']):>10} {_live_text(row['live']['drops']):>8}  "
+                     f"{terminal(states_text(row['by_state']))}".rstrip())
+    if len(rows) > limit:
+        lines.append(f"  ... and {len(rows) - limit} more tenants (`greenroom tenant list`)")
+    note = live_note(view)
+    if note:
+        lines.append(note)
+    return lines
+
+
+def format_tenant_list(view: dict[str, Any]) -> str:
+    """`greenroom tenant list`: every registered tenant with its limits, then the unregistered row."""
+    lines = [f"{'TENANT':24} {'MAX_ROOMS':>9} {'LINES/MIN':>9} {'MAX_QUEUED':>10} {'SCOPED':6} {'ROOMS':>6} "
+             f"{'QUOTA':16} {'SENT':>10} {'DROPS':>8}  STATES"]
+    for row in [*view["registered"], view["unregistered"]]:
+        reg = row["registered"]
+        name = row["name"] if reg else UNREGISTERED
+
+        def lim(key: str) -> str:
+            return ("-" if row[key] is None else str(row[key])) if reg else ""
+
+        lines.append(f"{_cell(name, 24)} {lim('max_rooms'):>9} {lim('lines_per_minute'):>9} {lim('max_queued'):>10} "
+                     f"{('yes' if row['scoped'] else 'no') if reg else '':6} {row['rooms']:>6} "
+                     f"{_cell(quota_text(row), 16)} {_live_text(row['live']['lines_sent']):>10} "
+                     f"{_live_text(row['live']['drops']):>8}  {terminal(states_text(row['by_state']))}".rstrip())
+    lines.append(f"{len(view['registered'])} tenants")
+    note = live_note(view)
+    if note:
+        lines.append(note)
+    return "\n".join(lines)
+
+
+def tenant_detail(client: redis.Redis, keys: Keys, name: str, *, limit: int = 200) -> dict[str, Any] | None:
+    """One registered tenant for `greenroom tenant show`: its row of ``tenants_view`` with its rooms
+    (at most ``limit``: room, state, where, holder) and whether its ACL user exists. None when it is
+    not registered."""
+    from .tenantops import acl_user_exists
+    from .tenants import acl_user
+
+    reg, invalid = registry(client, keys)
+    if name not in reg:
+        return None
+    state = fleet(client, keys)
+    rows = rooms(client, keys, state)
+    view = tenants_view(client, keys, rows, fleet_frontends(client, keys, state), ({name: reg[name]}, invalid))
+    mine = [r for r in rows if r.get("tenant") == name]
+    return {**view["registered"][0], "acl_user": acl_user(name), "acl_user_exists": acl_user_exists(client, name),
+            "keys": keys.tenant(name), "live_frontends": view["live_frontends"], "reporting": view["reporting"],
+            "room_list": [{"room": r["room"], "state": r["state"], "where": r["where"], "holder": r["holder"]}
+                          for r in mine[:limit]], "room_list_total": len(mine)}
+
+
+def format_tenant(detail: dict[str, Any]) -> str:
+    """`greenroom tenant show NAME`."""
+    def lim(key: str) -> str:
+        return "no limit" if detail[key] is None else str(detail[key])
+
+    name = terminal(detail["name"])
+    exists = detail["acl_user_exists"]
+    user = terminal(detail["acl_user"])
+    if detail["scoped"]:
+        scoped = f"yes: its backends use the keys {terminal(detail['keys'])}* as ACL user {user}"
+        if exists is False:
+            scoped += (f" (which does NOT exist on this Redis: `greenroom tenant credentials {name} --rotate` "
+                       f"makes it again)")
+        elif exists is None:
+            scoped += " (this connection may not ask Redis whether it exists)"
+    else:
+        scoped = "no: its rooms use the shared keys (`greenroom tenant credentials` gives it keys of its own)"
+        if exists:
+            scoped += f"; yet ACL user {user} exists (`greenroom tenant revoke {name}` deletes it)"
+    live = detail["live"]
+    lines = [f"tenant {name}",
+             f"  max_rooms         {lim('max_rooms')}",
+             f"  lines_per_minute  {lim('lines_per_minute')}",
+             f"  max_queued        {lim('max_queued')}",
+             f"  scoped            {scoped}",
+             f"  quota             {quota_text(detail)} (rooms counted in {terminal(detail['keys'])}rooms)",
+             f"  rooms             {detail['rooms']} in the registry" + (
+                 f": {terminal(states_text(detail['by_state']))}" if detail["by_state"] else ""),
+             f"  live              lines sent {_live_text(live['lines_sent'])}, drops {_live_text(live['drops'])}, "
+             f"rooms {_live_text(live['rooms'])}",
+             f"  intake            {terminal(detail['keys'])}control {detail['intake']}, "
+             f"{terminal(detail['keys'])}control:dead {detail['dead']}"]
+    note = live_note(detail, "lines sent, drops, rooms")
+    if note:
+        lines.append(f"  {note}")
+    if detail["room_list"]:
+        lines.append("")
+        lines.append(f"{'ROOM':24} {'STATE':10} {'WHERE':36} HOLDER")
+        for r in detail["room_list"]:
+            lines.append(f"{_cell(r['room'], 24)} {_cell(r['state'], 10)} {_cell(r['where'], 36)} "
+                         f"{terminal(r['holder'] or '-')}")
+        if detail["room_list_total"] > len(detail["room_list"]):
+            lines.append(f"... and {detail['room_list_total'] - len(detail['room_list'])} more "
+                         f"(`greenroom rooms --json`)")
+    return "\n".join(lines)
 
 
 #: the fields of a history sample (heartbeat.py), in the order the dashboard's API sends them
@@ -475,6 +718,10 @@ def format_status(data: dict[str, Any], now: float | None = None, limit: int = 2
     lists = data["lists"]
     lines.append("lists: " + "  ".join(f"{name} {lists[name]}" for name in
                                         ("control", "messages", "inflight", "control:dead", "messages:dead")))
+    by_tenant = data.get("tenants")
+    if by_tenant and by_tenant["registered"]:
+        lines.append("")
+        lines.extend(format_tenants(by_tenant, limit))
     return "\n".join(lines)
 
 

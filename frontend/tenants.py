@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import redis
 import ujson
@@ -174,33 +175,129 @@ def acl_user(name: str) -> str:
 
 def credentials(client: redis.Redis, keys: Keys, name: str, redis_url: str) -> str:
     """Create (or rotate) the Redis ACL user of tenant ``name``, mark the tenant scoped, and return a
-    Redis URL with that user and its new password. The user may touch only ``tenant:<name>:*``: its
-    intake, its events lists and what ``backend_sdk`` keeps around them."""
+    Redis URL with that user and its new password (``tenant_url``). The user may touch only
+    ``tenant:<name>:*``: its intake, its events lists and what ``backend_sdk`` keeps around them.
+    A rotation also closes the connections opened with the old password (Redis would let them go on)."""
     import secrets
-    from urllib.parse import quote, urlsplit, urlunsplit
 
     tenants = load_all(client, keys)
     tenant = tenants.get(check_name(name))
     if tenant is None:
         raise ConfigError(f"no tenant {name!r}: add it first (greenroom tenant add {name})")
     password = secrets.token_urlsafe(24)
+    url = tenant_url(redis_url, acl_user(name), password)  # a URL we cannot make: no user is touched
     pattern = "~" + _acl_escape(keys.tenant(name)) + "*"
     client.execute_command("ACL", "SETUSER", acl_user(name), "reset", "on", f">{password}", pattern,
                            "resetchannels", *ACL_COMMANDS)
-    if not tenant.scoped:
-        save(client, keys, Tenant(**{**asdict(tenant), "scoped": True}))
-    parts = urlsplit(redis_url)
-    host = parts.netloc.rpartition("@")[2]
-    netloc = f"{quote(acl_user(name), safe='')}:{quote(password, safe='')}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    # ACL SETUSER changes the password, not the sessions already authenticated with the old one
+    client.execute_command("CLIENT", "KILL", "USER", acl_user(name))
+    if update(client, keys, name, lambda t: replace(t, scoped=True)) is None:
+        client.execute_command("ACL", "DELUSER", acl_user(name))  # removed meanwhile: no user left behind
+        raise ConfigError(f"tenant {name!r} was removed meanwhile: no credentials made")
+    return url
 
 
 def revoke(client: redis.Redis, keys: Keys, name: str) -> None:
-    """Delete the tenant's ACL user; the tenant is no longer scoped (its intake is not read)."""
+    """Delete the tenant's ACL user (Redis closes its connections); the tenant is no longer scoped (its
+    intake is not read)."""
     client.execute_command("ACL", "DELUSER", acl_user(name))
-    tenant = load_all(client, keys).get(name)
-    if tenant is not None and tenant.scoped:
-        save(client, keys, Tenant(**{**asdict(tenant), "scoped": False}))
+    update(client, keys, name, lambda t: replace(t, scoped=False))
+
+
+def update(client: redis.Redis, keys: Keys, name: str, change: Callable[[Tenant], Tenant]) -> Tenant | None:
+    """Rewrite one tenant's entry atomically (WATCH on ``tenants``): ``change`` gets the entry as it is
+    and returns the new one, so a concurrent change (limits, ``scoped``) is never lost. None (nothing
+    written) when there is no such tenant; ConfigError when its entry is invalid."""
+    check_name(name)
+    with client.pipeline(transaction=True) as pipe:
+        for _ in range(100):
+            try:
+                pipe.watch(keys.tenants)
+                raw = pipe.hget(keys.tenants, name)
+                if raw is None:
+                    pipe.unwatch()
+                    return None
+                try:
+                    current = Tenant.from_json(name, raw)
+                except ValueError as exc:
+                    raise ConfigError(f"tenant {name!r}: its registry entry is invalid ({exc})") from None
+                new = replace(change(current), name=name)
+                pipe.multi()
+                pipe.hset(keys.tenants, name, new.to_json())
+                pipe.incr(keys.tenants_version)
+                pipe.execute()
+                return new
+            except redis.WatchError:
+                continue
+    raise ConfigError("the tenant registry kept changing while we wrote it: try again")
+
+
+# ------------------------------------------------------------------------- the URL of a tenant
+#: query options of a Redis URL that are copied into a tenant's URL: the database, TLS and socket
+#: options. Every other option is left out; one that may carry a credential (``password=``,
+#: ``sentinel_password=``, ...) ends the copy, since a secret may hold an unescaped ``&``.
+URL_OPTIONS = ("db", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile",
+               "ssl_check_hostname", "socket_timeout", "socket_connect_timeout", "socket_keepalive",
+               "retry_on_timeout", "health_check_interval")
+_CREDENTIAL_OPTION = re.compile(r"pass|secret|token|auth|user|sentinel|cred", re.I)
+#: what may stand between ``@`` and the path: a host list (``h1:p1,[::1]:p2``), or nothing (unix://)
+_URL_HOSTS = re.compile(r"^[A-Za-z0-9._:,\[\]%-]*$")
+
+
+def tenant_url(redis_url: str, username: str, password: str) -> str:
+    """``redis_url`` with ``username`` and ``password`` in place of its credentials: the URL a tenant's
+    backends use. The one place a tenant's URL is made, for every form: ``redis://``, ``rediss://``,
+    ``unix://``, ``redis+sentinel://h1,h2/service/db`` (the user and password are the data nodes')
+    and ``redis+cluster://h1,h2``: the host list, path and the options of ``URL_OPTIONS`` are kept.
+
+    Nothing of the operator's credentials is copied: the user information up to the last ``@`` that is
+    followed by a host list (a password may hold ``@``, ``/``, ``?`` or ``#`` unescaped), every other
+    query option (from the first one that may carry a credential on, everything: the sentinels' own
+    ``sentinel_password`` too) and the fragment are left out (``tenant_url_left_out`` names them)."""
+    from urllib.parse import quote
+
+    scheme, hosts, query, _ = _url_parts(redis_url)
+    return (f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{hosts}"
+            + (f"?{'&'.join(query)}" if query else ""))
+
+
+def tenant_url_left_out(redis_url: str) -> list[str]:
+    """The names of the query options of ``redis_url`` that ``tenant_url`` leaves out."""
+    return _url_parts(redis_url)[3]
+
+
+def _url_parts(redis_url: str) -> tuple[str, str, list[str], list[str]]:
+    """(scheme, host list and path, options kept, names of the options left out) of a Redis URL."""
+    if not isinstance(redis_url, str) or "://" not in redis_url:
+        raise ConfigError("the Redis URL must look like redis://host:port/db")
+    scheme, _, rest = redis_url.partition("://")
+    at = len(rest)
+    while True:  # the last '@' followed by a host list ends the user information
+        at = rest.rfind("@", 0, at)
+        if at < 0:
+            tail = rest
+            break
+        host = re.split(r"[/?#]", rest[at + 1:], maxsplit=1)[0]
+        if _URL_HOSTS.match(host):
+            tail = rest[at + 1:]
+            break
+    tail = tail.partition("#")[0]
+    head, _, query = tail.partition("?")
+    kept: list[str] = []
+    left: list[str] = []
+    parts = query.split("&") if query else []
+    for i, part in enumerate(parts):
+        option, eq, _ = part.partition("=")
+        if _CREDENTIAL_OPTION.search(option):
+            left.append(option if eq else "?")
+            if i + 1 < len(parts):
+                left.append("(every option after it)")
+            break
+        if eq and option in URL_OPTIONS:
+            kept.append(part)
+        elif part:
+            left.append(option)
+    return scheme, head, kept, left
 
 
 def _acl_escape(text: str) -> str:

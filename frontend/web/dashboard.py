@@ -4,7 +4,9 @@ Pages: overview (frontends with their lease, rooms held and Drain/Undrain button
 whether every room is held, list lengths; refreshed live by a few lines of plain JavaScript, and live
 charts per frontend of commands and events per second and list lengths, drawn as inline SVG from
 ``/api/history``), rooms (filters, each room's holder; specs with secrets masked), rebalance (the plan,
-and a button that starts it), dead letters (requeue, purge), join and part forms. Every action needs the configured ``web_token``: the operator logs in with it once (attempts
+and a button that starts it), dead letters (requeue, purge), join and part forms, tenants (limits, quota
+use, rooms by state, lines sent and drops; add, set and remove: credentials are the CLI's alone, this
+dashboard never shows a tenant's password). Every action needs the configured ``web_token``: the operator logs in with it once (attempts
 limited per client and in total), which starts a server-side session in Redis (the HttpOnly,
 SameSite=Strict cookie holds only its random id; logout deletes it); each form also carries a
 per-session CSRF token, and a POST whose Origin (or Referer) is another site is refused. Scripts may
@@ -26,7 +28,7 @@ import redis
 from flask import Flask, abort, flash, jsonify, redirect, render_template, request, session, url_for
 from gevent.pywsgi import WSGIServer
 
-from .. import __version__, deadletters, fleetops, status
+from .. import __version__, deadletters, fleetops, status, tenantops
 from ..config import Settings
 from ..errors import ConfigError, ProtocolError
 from ..keys import Keys
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 
 STATES = ("joined", "joining", "connecting", "backoff", "failed", "new", "pending", "parted")
 #: the pages that only read (public on loopback; behind a login elsewhere unless web_public_reads)
-READ_PAGES = {"overview", "overview_fragment", "overview_json", "history_json", "rooms", "dead", "rebalance_page"}
+READ_PAGES = {"overview", "overview_fragment", "overview_json", "history_json", "rooms", "dead", "rebalance_page",
+              "tenants_page"}
 
 
 def reads_need_login(settings: Settings) -> bool:
@@ -72,6 +75,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
     refusals = Throttle(log, interval=10.0, max_keys=100)
     app.jinja_env.globals.update(version=__version__, states=STATES, age=_age, prefix=settings.key_prefix,
                                  fleet_word=status.fleet_word, lease_text=status.lease_text,
+                                 quota_text=status.quota_text, unregistered=status.UNREGISTERED,
                                  clock=lambda ts: time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)))
 
     def authed() -> bool:
@@ -163,8 +167,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
 
     @app.get("/rooms")
     def rooms() -> str:
-        wanted = {k: request.args.get(k, "") for k in ("state", "tenant", "protocol", "q", "frontend")}
-        rows = [r for r in status.rooms(db, keys) if _matches(r, wanted)]
+        wanted = {k: request.args.get(k, "") for k in ("state", "tenant", "protocol", "q", "frontend", "unregistered")}
+        registered = set(status.registry(db, keys)[0]) if wanted["unregistered"] else set()
+        rows = [r for r in status.rooms(db, keys) if _matches(r, wanted, registered)]
         return render_template("rooms.html", rows=rows[:2000], total=len(rows), wanted=wanted, now=time.time())
 
     @app.get("/dead")
@@ -285,6 +290,72 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
                   "error")
         return back
 
+    # ---------------------------------------------------------------------------------- tenants
+    @app.get("/tenants")
+    def tenants_page() -> str:
+        reg = status.registry(db, keys)
+        state = status.fleet(db, keys)
+        view = status.tenants_view(db, keys, status.rooms(db, keys, state), status.fleet_frontends(db, keys, state),
+                                   reg)
+        return render_template("tenants.html", view=view, note=status.live_note(view, "Sent and drops"),
+                               limits=tenantops.LIMITS)
+
+    def tenant_form_limits(form: Any) -> dict[str, int | None]:
+        return {key: tenantops.parse_limit(form.get(key, ""), key) for key in tenantops.LIMITS}
+
+    @app.post("/tenants/add")
+    def tenant_add() -> Any:
+        from ..tenants import Tenant, check_name
+
+        back = redirect(url_for("tenants_page"))
+        try:
+            name = check_name(request.form.get("name", "").strip())
+            done = tenantops.add(db, keys, Tenant(name, **tenant_form_limits(request.form)))
+        except (ConfigError, tenantops.Refused) as exc:
+            flash(f"tenant not added: {exc}", "error")
+            return back
+        limits = ", ".join(f"{k} {tenantops.limit_text(getattr(done['tenant'], k))}" for k in tenantops.LIMITS)
+        log.info("web: tenant %s added (%s)", name, limits)
+        flash(f"tenant {name} added: {limits}; {done['rooms']} rooms naming it already count towards its "
+              f"max_rooms" if done["rooms"] else f"tenant {name} added: {limits}", "ok")
+        return back
+
+    @app.post("/tenants/set")
+    def tenant_set() -> Any:
+        from ..tenants import check_name
+
+        back = redirect(url_for("tenants_page"))
+        try:
+            name = check_name(request.form.get("name", ""))
+            before, after = tenantops.change(db, keys, name, tenant_form_limits(request.form))
+        except (ConfigError, tenantops.Refused) as exc:
+            flash(f"limits not changed: {exc}", "error")
+            return back
+        changes = [f"{k} {tenantops.limit_text(getattr(before, k))} → {tenantops.limit_text(getattr(after, k))}"
+                   for k in tenantops.LIMITS if getattr(before, k) != getattr(after, k)]
+        log.info("web: tenant %s limits %s", name, "; ".join(changes) or "unchanged")
+        flash(f"tenant {name}: {', '.join(changes)}" if changes else f"tenant {name}: unchanged", "ok")
+        return back
+
+    @app.post("/tenants/remove")
+    def tenant_remove() -> Any:
+        from ..tenants import check_name
+
+        back = redirect(url_for("tenants_page"))
+        try:
+            name = check_name(request.form.get("name", ""))
+            done = tenantops.remove(db, keys, name, force=request.form.get("force") == "on")
+        except (ConfigError, tenantops.Refused) as exc:
+            flash(f"not removed: {exc} (tick “also with its rooms” to remove it anyway: they stay joined)", "error")
+            return back
+        log.info("web: tenant %s removed (%d rooms left joined, ACL user %s)", name, len(done["rooms"]),
+                 "deleted" if done["acl_user_deleted"] else "none")
+        flash(f"tenant {name} removed" + ("; its ACL user is deleted (its backends' connections are closed)"
+                                          if done["acl_user_deleted"] else "")
+              + (f"; its rooms stay joined ({len(done['rooms'])}), as rooms of an unregistered tenant"
+                 if done["rooms"] else ""), "ok")
+        return back
+
     @app.post("/dead/<action>")
     def dead_action(action: str) -> Any:
         which = request.form.get("which", "control")
@@ -356,8 +427,10 @@ def _plan_digest(result: Any) -> str:
     return h.hexdigest()[:32]
 
 
-def _matches(row: dict[str, Any], wanted: dict[str, str]) -> bool:
+def _matches(row: dict[str, Any], wanted: dict[str, str], registered: frozenset[str] | set[str] = frozenset()) -> bool:
     if wanted["state"] and row["state"] != wanted["state"]:
+        return False
+    if wanted.get("unregistered") and (row.get("tenant") or "") in registered:
         return False
     if wanted.get("frontend") and row.get("holder") != wanted["frontend"]:
         return False

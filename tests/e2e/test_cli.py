@@ -72,3 +72,14 @@ def test_the_fleet_commands_document_what_operators_must_know(redis_url):
         shown = " ".join(greenroom(redis_url, command, "--help").stdout.split())
         for word in words:
             assert word in shown, (command, word)
+
+
+def test_the_tenant_commands_document_credentials_and_removal(redis_url):
+    for command, words in ((["tenant", "credentials"], ["--rotate", "stdout", "alone on its line", "never on the "
+                                                        "dashboard", "stops working at once", "closed"]),
+                           (["tenant", "remove"], ["--force", "Refused while it has rooms", "stay joined",
+                                                   "ACL user"]),
+                           (["tenant", "set"], ["'none': no limit", "omitted: unchanged"])):
+        shown = " ".join(greenroom(redis_url, *command, "--help").stdout.split())
+        for word in words:
+            assert word in shown, (command, word)

@@ -395,3 +395,148 @@ def test_several_frontends_in_a_real_browser(redis_url, redis_client, ngircd, we
                 proc.terminate(10)
             except Exception:
                 proc.kill()
+
+
+#: the README's picture of the Tenants page (refreshed with GREENROOM_SCREENSHOT=1, like the others)
+README_TENANTS_SCREENSHOT = README_SCREENSHOT.with_name("dashboard-tenants.png")
+
+
+def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser, tmp_path):
+    from frontend import tenantops
+    from frontend.keys import Keys
+    from frontend.tenants import Tenant
+    from tests.ops.helpers import http
+
+    keys = Keys("")
+    redis_client.execute_command("ACL", "DELUSER", "greenroom-tenant-globex")  # ACL users outlive FLUSHALL
+    tenantops.add(redis_client, keys, Tenant("globex", max_rooms=10))
+    tenantops.issue_credentials(redis_client, keys, "globex", redis_url)
+    secret_url, _ = tenantops.issue_credentials(redis_client, keys, "globex", redis_url, rotate=True)
+    password = secret_url.split("://", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
+    events = Events(redis_client)
+    evil = '<img src=x onerror="window.__pwned=1">'
+
+    def rows(css: str = "#rooms tr[id^=room-]") -> list[str]:
+        return [r.get_attribute("id") for r in browser.find_elements("css selector", css)]
+
+    def submit(css: str) -> str:
+        """Click ``css`` and return the flash message of the page it leads to (not the old page's)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        old = browser.find_element("tag name", "html")
+        browser.find_element("css selector", css).click()
+
+        def gone() -> bool:
+            try:
+                old.get_attribute("id")
+                return False
+            except StaleElementReferenceException:
+                return True
+
+        wait_until(gone, timeout=10, what="the next page")
+        return text(browser, "#flash")
+
+    def cell(tenant: str, css: str) -> str:
+        return browser.find_element("css selector", f'#tenants tr[data-tenant="{tenant}"] {css}').text.strip()
+
+    with running_frontend(redis_url, frontend_id="fe-tweb", heartbeat_interval=0.5, lease_time=3.0,
+                          lease_margin=1.0) as fe:
+        # anonymous: the page reads, says where credentials are made, and shows no password
+        browser.get(web + "/tenants")
+        assert "Credentials are made on the command line only" in text(browser, "#credentials-note")
+        assert cell("globex", ".scoped") == "yes" and cell("globex", ".quota-text") == "0/10 0%"
+        assert password not in browser.page_source and "greenroom-tenant-globex:" not in browser.page_source
+        browser.find_element("css selector", "#tenant-add input[name=name]").send_keys("acme")
+        browser.find_element("id", "tenant-add-submit").click()
+        assert text(browser, "#error-code") == "403 refused" and not redis_client.hexists("tenants", "acme")
+        # the same guards as every action: no session, no CSRF token, another origin
+        assert http(web, "POST", "/tenants/add", form={"name": "acme"}).status == 403
+        assert http(web, "POST", "/tenants/remove", form={"name": "globex", "force": "on"},
+                    headers={"Authorization": f"Bearer {TOKEN}", "Origin": "http://evil.example"}).status == 403
+        assert not redis_client.hexists("tenants", "acme") and redis_client.hexists("tenants", "globex")
+
+        browser.get(web + "/login?next=/tenants")
+        browser.find_element("id", "token").send_keys(TOKEN)
+        browser.find_element("id", "login-submit").click()
+        wait_until(lambda: browser.current_url.endswith("/tenants"), what="logged in, on /tenants")
+
+        # add: a hostile name is refused, as text; acme with max_rooms 1
+        form = browser.find_element("id", "tenant-add")
+        form.find_element("name", "name").send_keys(evil)
+        assert "tenant not added: a tenant name is" in submit("#tenant-add-submit")
+        assert not browser.find_elements("css selector", "#flash img")
+        form = browser.find_element("id", "tenant-add")
+        form.find_element("name", "name").send_keys("acme")
+        form.find_element("name", "max_rooms").send_keys("1")
+        form.find_element("name", "lines_per_minute").send_keys("600")
+        assert "tenant acme added: max_rooms 1, lines_per_minute 600, max_queued no limit" in submit(
+            "#tenant-add-submit")
+        assert json.loads(redis_client.hget("tenants", "acme")) == {
+            "max_rooms": 1, "lines_per_minute": 600, "max_queued": None, "scoped": False}
+
+        # a real frontend takes the registry: one room of acme joins, the second is past its quota
+        wait_until(lambda: fe.tenants.get("acme") is not None, timeout=10, what="the frontend's registry")
+        push(redis_client, *[{"type": "join", "room": f"web-t{i}", "spec": irc_spec(ngircd, f"#webt{i}",
+                                                                                  nick=f"webt{i}", tenant="acme")}
+                             for i in (1, 2)],
+             {"type": "join", "room": "web-evil", "spec": irc_spec(ngircd, "#webevil", nick="webevil", tenant=evil)})
+        events.wait(type="joined", room="web-t1")
+        events.wait(type="joined", room="web-evil")
+        assert events.wait(type="error", room="web-t2")["code"] == "quota_exceeded"
+        # a second live frontend whose heartbeat carries per-tenant counters (hostile names too)
+        sec, usec = redis_client.time()
+        redis_client.zadd("fleet:leases", {"fe-counted": sec * 1000 + usec // 1000 + 60_000})
+        redis_client.sadd("fleet:draining", "fe-counted")  # so that placement gives it no room
+        redis_client.hset("frontends:fe-counted", mapping={"host": "h", "started": "1", "tenants": json.dumps(
+            {"acme": {"rooms": 0, "lines_sent": 42, "drops": 3}, evil: {"lines_sent": 5, "drops": 1}})})
+        browser.get(web + "/tenants")
+        assert cell("acme", ".quota-text") == "1/1 100%" and cell("acme", ".rooms") == "1"
+        assert cell("acme", ".states") == "joined 1"
+        assert cell("acme", ".sent") == "42" and cell("acme", ".drops") == "3"
+        assert cell("globex", ".sent") == "0" and "summed over 1 of 2 live frontends" in browser.page_source
+        unregistered = browser.find_element("id", "tenant-unregistered")
+        assert unregistered.find_element("css selector", ".rooms").text == "1"
+        assert unregistered.find_element("css selector", ".sent").text == "5"
+        shot = README_TENANTS_SCREENSHOT if os.environ.get("GREENROOM_SCREENSHOT") else tmp_path / "tenants.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+
+        # the rooms of a tenant, and those of no registered tenant (hostile labels as text)
+        browser.find_element("css selector", '#tenants tr[data-tenant="acme"] a.rooms-link').click()
+        wait_until(lambda: "tenant=acme" in browser.current_url, what="the rooms page")
+        assert rows() == ["room-web-t1"]
+        browser.get(web + "/tenants")
+        browser.find_element("css selector", "#tenant-unregistered a.rooms-link").click()
+        wait_until(lambda: "unregistered=1" in browser.current_url, what="the unregistered rooms")
+        assert rows() == ["room-web-evil"] and evil in browser.find_element("id", "room-web-evil").text
+        assert not browser.find_elements("css selector", "#rooms img")
+        assert browser.execute_script("return window.__pwned") is None
+
+        # set: a higher max_rooms
+        browser.get(web + "/tenants")
+        browser.find_element("css selector", '#tenants tr[data-tenant="acme"] details summary').click()
+        field = browser.find_element("css selector", '#tenants tr[data-tenant="acme"] form.tenant-set '
+                                                     'input[name=max_rooms]')
+        field.clear()
+        field.send_keys("2")
+        assert "tenant acme: max_rooms 1 → 2" in submit('#tenants tr[data-tenant="acme"] button.set')
+        assert json.loads(redis_client.hget("tenants", "acme"))["max_rooms"] == 2
+        assert cell("acme", ".quota-text") == "1/2 50%"
+
+        # remove: refused while it has rooms, then forced (its room stays joined); globex's ACL user goes
+        browser.find_element("css selector", '#tenants tr[data-tenant="acme"] details summary').click()
+        assert "not removed: tenant acme has 1 room (web-t1)" in submit(
+            '#tenants tr[data-tenant="acme"] button.remove')
+        assert redis_client.hexists("tenants", "acme")
+        browser.find_element("css selector", '#tenants tr[data-tenant="acme"] details summary').click()
+        browser.find_element("css selector", '#tenants tr[data-tenant="acme"] form.tenant-remove '
+                                             'input[name=force]').click()
+        assert "tenant acme removed; its rooms stay joined (1), as rooms of an unregistered tenant" in submit(
+            '#tenants tr[data-tenant="acme"] button.remove')
+        assert not redis_client.hexists("tenants", "acme") and redis_client.hexists("rooms", "web-t1")
+        browser.find_element("css selector", '#tenants tr[data-tenant="globex"] details summary').click()
+        assert "its ACL user is deleted" in submit('#tenants tr[data-tenant="globex"] button.remove')
+        assert redis_client.execute_command("ACL", "GETUSER", "greenroom-tenant-globex") is None
+        assert text(browser, "#tenants-count") == "0"
+        assert password not in browser.page_source
+    redis_client.delete("frontends:fe-counted")
