@@ -106,9 +106,14 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 def _flush(server: RedisServer) -> None:
+    """Every key, and every ACL user but the default one (tenant credentials of an earlier test)."""
     client = server.client(socket_timeout=5, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0))
     try:
         client.flushall()
+        for user in client.acl_users():
+            name = user.decode() if isinstance(user, bytes) else user
+            if name != "default":
+                client.acl_deluser(name)
     finally:
         client.close()
 
