@@ -17,6 +17,7 @@ from typing import Any, Mapping, Union
 
 import ujson
 
+from . import cafile
 from .errors import ProtocolError
 from .keys import EVENTS_NAME_RE
 
@@ -121,6 +122,7 @@ class IrcSpec:
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     tls_verify: bool = True
+    tls_ca: str | None = None  # a CA bundle (PEM) trusted instead of the system's
     #: ``to`` may name network services (NickServ, ChanServ, ...) even on a connection that rooms of
     #: other tenants share (without it: only where every room on the connection is of one tenant)
     allow_services: bool = False
@@ -133,7 +135,7 @@ class IrcSpec:
     def connection_key(self) -> tuple:
         """Rooms whose keys are equal may share one connection."""
         return ("irc", self.server.lower(), self.port, self.tls, self.nick, self.password,
-                self.sasl_username, self.sasl_password)
+                self.sasl_username, self.sasl_password, self.tls_verify, self.tls_ca)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,8 @@ class XmppSpec:
     port: int = 5222
     tls: bool = True
     room_password: str | None = field(default=None, repr=False)
+    tls_verify: bool = True
+    tls_ca: str | None = None
     share: bool = True
     flood: Flood | bool | None = None
     tenant: str | None = None
@@ -155,16 +159,17 @@ class XmppSpec:
     protocol: str = "xmpp"
 
     def connection_key(self) -> tuple:
-        return ("xmpp", self.jid.lower(), self.password, self.host, self.port, self.tls)
+        return ("xmpp", self.jid.lower(), self.password, self.host, self.port, self.tls, self.tls_verify,
+                self.tls_ca)
 
 
 Spec = Union[IrcSpec, XmppSpec]
 
 _COMMON_SPEC_KEYS = {"protocol", "tenant", "events", "flood", "share"}
-_IRC_KEYS = _COMMON_SPEC_KEYS | {"server", "port", "tls", "tls_verify", "nick", "channel", "key",
+_IRC_KEYS = _COMMON_SPEC_KEYS | {"server", "port", "tls", "tls_verify", "tls_ca", "nick", "channel", "key",
                                  "password", "sasl", "allow_services"}
-_XMPP_KEYS = _COMMON_SPEC_KEYS | {"jid", "password", "muc", "nick", "host", "port", "tls",
-                                  "room_password"}
+_XMPP_KEYS = _COMMON_SPEC_KEYS | {"jid", "password", "muc", "nick", "host", "port", "tls", "tls_verify",
+                                  "tls_ca", "room_password"}
 
 
 def _opt_str(spec: Mapping[str, Any], name: str, *, limit: int = 400) -> str | None:
@@ -202,6 +207,16 @@ def _port(spec: Mapping[str, Any], default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
         raise ProtocolError("bad_command", "spec field 'port' must be an integer 1-65535")
     return value
+
+
+def _tls_ca(spec: Mapping[str, Any]) -> str | None:
+    """``tls_ca``: the syntax of its path here (``cafile.check_path``); the file is checked by the
+    frontend that pops the join (``parse_command``), on whose host it must be."""
+    value = _opt_str(spec, "tls_ca", limit=cafile.MAX_PATH)
+    try:
+        return None if value is None else cafile.check_path(value)
+    except cafile.CaFileError as exc:
+        raise ProtocolError("bad_command", f"spec field {exc}") from None
 
 
 def _flood(spec: Mapping[str, Any]) -> Flood | bool | None:
@@ -276,7 +291,7 @@ def _parse_irc(spec: Mapping[str, Any]) -> IrcSpec:
     return IrcSpec(
         server=server, port=_port(spec, 6697 if tls else 6667), tls=tls, nick=nick,
         channel=channel, key=key, password=password, sasl_username=sasl_user,
-        sasl_password=sasl_pass, tls_verify=_bool(spec, "tls_verify", True),
+        sasl_password=sasl_pass, tls_verify=_bool(spec, "tls_verify", True), tls_ca=_tls_ca(spec),
         allow_services=_bool(spec, "allow_services", False), **_common(spec),
     )
 
@@ -294,7 +309,8 @@ def _parse_xmpp(spec: Mapping[str, Any]) -> XmppSpec:
     return XmppSpec(
         jid=jid, password=_req_str(spec, "password"), muc=muc, nick=nick,
         host=_opt_str(spec, "host"), port=_port(spec, 5222), tls=_bool(spec, "tls", True),
-        room_password=_opt_str(spec, "room_password"), **_common(spec),
+        room_password=_opt_str(spec, "room_password"), tls_verify=_bool(spec, "tls_verify", True),
+        tls_ca=_tls_ca(spec), **_common(spec),
     )
 
 
@@ -419,9 +435,17 @@ def parse_command(raw: bytes, *, max_text_bytes: int = MAX_TEXT_BYTES) -> Comman
     """Decode and validate one item popped from ``control``.
 
     A command without ``cmd_id`` gets one derived from its bytes (``auto-<hash>``): stable when the
-    same item is delivered again after a crash, so duplicates are visible in the events.
+    same item is delivered again after a crash, so duplicates are visible in the events. A join's
+    ``tls_ca`` must be a file this host can use (``cafile.check_file``): this is the frontend's edge.
     """
-    return validate_command(decode(raw), max_text_bytes=max_text_bytes, raw=raw, auto_id=True)
+    command = validate_command(decode(raw), max_text_bytes=max_text_bytes, raw=raw, auto_id=True)
+    tls_ca = getattr(command.spec, "tls_ca", None)
+    if tls_ca is not None:
+        try:
+            cafile.check_file(tls_ca)
+        except cafile.CaFileError as exc:
+            raise ProtocolError("bad_command", f"spec field {exc}") from None
+    return command
 
 
 # a secret field's string value, also when the item was cut inside it

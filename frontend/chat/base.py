@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from typing import Any, Callable, ClassVar, Iterable, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Optional, Protocol
 
 import gevent
 import gevent.event
@@ -149,11 +149,22 @@ class ChatSession(abc.ABC):
 
 
 class ConnectionLost(Exception):
-    """The connection ended; the message says why (shown in room states, never with secrets)."""
+    """The connection ended; the message says why (shown in room states and ``join_failed`` events,
+    never with secrets). ``permanent``: retrying soon cannot help (credentials, certificates, TLS
+    settings), so the session waits as after several failures (``PERMANENT_SKIP``)."""
+
+    permanent: bool = False
+
+    def __init__(self, reason: str = "", *, permanent: Optional[bool] = None) -> None:
+        super().__init__(reason)
+        if permanent is not None:
+            self.permanent = permanent
 
 
 class LoginFailed(ConnectionLost):
-    """The server refused us (credentials, no free nick, ...): every room hears ``join_failed``."""
+    """The server refused us (credentials, no free nick, ...)."""
+
+    permanent = True
 
 
 SessionFactory = Callable[..., ChatSession]
@@ -163,6 +174,11 @@ class SessionBase(ChatSession):
     """What IRC and XMPP sessions share: the send queue, the reconnect loop with backoff, drop
     reporting, close with drain, the speak gate and settings reloads.
 
+    An attempt that ends before the connection was usable (``connected_at`` still 0.0: not
+    registered, no XMPP session) failed to join: every room hears ``join_failed`` with the reason,
+    once per distinct reason until an attempt connects, and its state says the same (``backoff``).
+    A permanent failure (``ConnectionLost.permanent``) backs off longer.
+
     A subclass provides ``_rooms()``, ``_session_once()`` (connect and serve until the connection
     ends, raising ``ConnectionLost``/``LoginFailed``/``OSError`` to say why), ``_can_drain()`` and
     ``_goodbye()``, and may hook ``_prepare()``, ``_disconnected()``, ``_closed()`` and
@@ -170,7 +186,7 @@ class SessionBase(ChatSession):
     """
 
     __slots__ = ("spec", "settings", "counters", "label", "gate", "queue", "connected_at",
-                 "_pace_connect", "_closing", "_drained", "_main", "__weakref__")
+                 "_pace_connect", "_closing", "_drained", "_main", "_failure", "_told", "__weakref__")
     #: whether the configured flood control (``flood_rate``/``flood_burst``) applies to a spec
     #: without ``flood`` (IRC) or only a spec's own ``flood`` does (XMPP)
     flood_by_default: ClassVar[bool] = True
@@ -190,6 +206,10 @@ class SessionBase(ChatSession):
         self._closing = gevent.event.Event()
         self._drained = gevent.event.Event()
         self._main: gevent.Greenlet | None = None
+        #: why the last attempt failed to join, while the session waits to try again (else None)
+        self._failure: Optional[str] = None
+        #: the join failures each room heard in the current series of failed attempts
+        self._told: dict[RoomLink, list[str]] = {}
 
     def _start(self) -> None:
         self._main = gevent.spawn(self._run)
@@ -308,18 +328,16 @@ class SessionBase(ChatSession):
         while not self._closing.is_set():
             self._rooms_state("connecting")
             reason = "connection closed"
+            permanent = False
             self.connected_at = 0.0
             try:
                 self._pace_connect(self._server())
                 if self._closing.is_set():
                     break
                 self._session_once()
-            except LoginFailed as exc:
-                reason = str(exc)
-                for room in self._rooms():
-                    room.emit("error", code="join_failed", detail=reason)
             except (OSError, ConnectionLost) as exc:
                 reason = self._lost_reason_for(exc)
+                permanent = getattr(exc, "permanent", False)
             except Exception as exc:  # the top of the greenlet: log, then reconnect like any failure
                 log.exception("%s %s: unexpected error", protocol, self.label)
                 reason = f"internal error: {exc!r}"
@@ -327,14 +345,47 @@ class SessionBase(ChatSession):
                 self._disconnected()
             if self._closing.is_set():
                 break
-            if self.connected_at and time.monotonic() - self.connected_at > self.settings.reconnect_reset_after:
-                backoff.reset()
-            delay = backoff.next()
+            if self.connected_at:  # it was usable: a lost connection, not a failed join
+                self._told.clear()
+                if time.monotonic() - self.connected_at > self.settings.reconnect_reset_after:
+                    backoff.reset()
+            else:
+                self._tell_join_failed(reason)
+            delay = _next_delay(backoff, permanent)
             self.counters["chat_reconnects:" + protocol] += 1
             log.warning("%s %s: %s; reconnecting in %.1fs", protocol, self.label, reason, delay)
             self._rooms_state("backoff", reason)
+            self._failure = None if self.connected_at else reason
             self._closing.wait(delay)
+            self._failure = None
         log.info("%s %s: closed", protocol, self.label)
+
+    def _tell_join_failed(self, reason: str) -> None:
+        """The attempt failed before the connection was usable: every room hears ``join_failed``
+        with the reason, once per distinct reason in a series of attempts (until one connects)."""
+        rooms = list(self._rooms())
+        told = self._told
+        if len(told) > len(rooms):
+            present = set(rooms)
+            for gone in [room for room in told if room not in present]:
+                del told[gone]
+        for room in rooms:
+            self._tell(room, reason)
+
+    def _tell_attached(self, room: RoomLink) -> None:
+        """For ``attach``: a room that joins a session whose attempts fail hears why at once, not
+        after the backoff (which may be minutes for a permanent failure)."""
+        if self._failure is not None:
+            self._tell(room, self._failure)
+
+    def _tell(self, room: RoomLink, reason: str) -> None:
+        heard = self._told.setdefault(room, [])
+        if reason in heard:
+            return
+        heard.append(reason)
+        del heard[:-TOLD_REASONS]
+        room.emit("error", code="join_failed", detail=reason)
+        self._room_state(room, "backoff", reason)
 
     def _server(self) -> str:
         """The host connects to are paced by."""
@@ -346,6 +397,26 @@ class SessionBase(ChatSession):
 
 #: the gate of sessions made without one: always open
 OPEN = SpeakGate()
+#: a permanent failure waits as after this many failures in a row: with the defaults (1 s, 300 s)
+#: 16-32 s, then 32-64 s, ... up to 150-300 s; transient ones start at 0.5-1 s
+PERMANENT_SKIP = 5
+#: the distinct join failures remembered per room and series (a server that varies its refusal
+#: gets one event per attempt, paced by the backoff, never more)
+TOLD_REASONS = 8
+
+
+def _next_delay(backoff: Backoff, permanent: bool) -> float:
+    """The wait before the next attempt: the backoff's, or for a permanent failure at least half of
+    the ceiling of ``PERMANENT_SKIP`` failures (so it never retries at once)."""
+    if not permanent:
+        return backoff.next()
+    failures = max(backoff.failures, PERMANENT_SKIP)
+    ceiling = min(backoff.cap, backoff.base * 2 ** failures)
+    delay = max(backoff.compute(failures), ceiling / 2)
+    backoff.failures = failures + 1
+    return delay
+
+
 #: how long ``give_turn`` sleeps: long enough to be a timer, so the hub polls I/O and runs timers
 TURN_PAUSE = 0.0001
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import time
 from operator import attrgetter
 from typing import Any, Callable, Iterable, Optional
@@ -44,6 +43,7 @@ from ..counters import Counters
 from ..logs import Throttle
 from ..protocol import Command, IrcSpec, Spec
 from ..text import assert_safe_line
+from . import tls
 from .base import ConnectionLost, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate, give_turn
 from .irc_channels import IrcChannels
 from .irc_delivery import DeliveryTracker
@@ -281,14 +281,22 @@ class IrcSession(SessionBase):
 
     def _connect(self) -> None:
         spec: IrcSpec = self.spec  # type: ignore[assignment]
-        sock = socket.create_connection((spec.server, spec.port), timeout=self.settings.connect_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # our writes are batched already
-        if spec.tls:
-            context = ssl.create_default_context()
-            if not spec.tls_verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            sock = context.wrap_socket(sock, server_hostname=spec.server)
+        # shared and cached per (tls_ca, tls_verify); TlsSetupFailed says why a tls_ca cannot be used
+        context = tls.client_context(spec.tls_ca, spec.tls_verify) if spec.tls else None
+        timeout = self.settings.connect_timeout
+        raw: Optional[socket.socket] = None
+        try:
+            sock = raw = socket.create_connection((spec.server, spec.port), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # our writes are batched already
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=spec.server)
+        except OSError as exc:  # the reason in words (certificate, DNS, refused, ...): join_failed says it
+            if raw is not None:
+                raw.close()
+            self._lost_reason = None  # what ended the previous connection is not this attempt's reason
+            reason, permanent = tls.explain_connect(exc, spec.server, spec.port, timeout, ca=spec.tls_ca,
+                                                    handshake=raw is not None)
+            raise ConnectionLost(reason, permanent=permanent) from None
         sock.settimeout(None)  # the registration deadline is the liveness timer's
         self._sock = sock
         self.registered = False

@@ -13,11 +13,19 @@ backoff and full jitter; its ``writer`` greenlet sends the rooms' lines from a f
 control only with a spec ``flood``) in batches, one ``asyncio_bridge.call`` per batch. A command is
 acked once its stanza was handed to slixmpp's stream. Rooms are joined with ``maxstanzas=0``,
 rejoined after a lost stream unless XEP-0198 resumed it, and watched with MUC self-ping (XEP-0410).
+
+A stream that never becomes a session says why, in the reason its rooms hear (``join_failed``) and
+see in their state: the certificate (``tls.explain``: self-signed, unknown issuer, expired, wrong
+name), STARTTLS required but ``tls`` false or missing while true, authentication, DNS, a refused
+connection, a stream error, or how far it got before ``connect_timeout``. Certificates, TLS policy
+and credentials are permanent failures (a longer backoff). The TLS context is the spec's
+(``tls_ca``, ``tls_verify``), set before each connect.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from typing import Any, Callable, Iterable, Optional
 
@@ -31,7 +39,8 @@ from ..counters import Counters
 from ..protocol import Command, Spec, XmppSpec
 from ..text import xml_text
 from . import asyncio_bridge as aio
-from .base import ConnectionLost, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate
+from . import tls
+from .base import ConnectionLost, RoomLink, Seat, SessionBase, SpeakGate
 from .sendqueue import queue_command
 from .xmpp_client import BoundedClient, make_client
 from .xmpp_muc import MucRooms
@@ -43,6 +52,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("slixmpp").setLevel(logging.WARNING)
 
 WRITE_BATCH = 256
+#: stream errors that no retry soon can mend (the server does not serve the JID's domain, ...)
+PERMANENT_STREAM_ERRORS = frozenset({"host-unknown", "host-gone", "improper-addressing", "not-authorized",
+                                     "unsupported-version", "invalid-namespace"})
 install_self_ping_fix()  # slixmpp's XEP-0410 scheduler leaks a task per quiet interval otherwise
 
 
@@ -52,7 +64,7 @@ class XmppSession(SessionBase):
     protocol = "xmpp"
     flood_by_default = False
     __slots__ = ("nick", "client", "mucs", "stanzas", "online", "_host", "_up", "_down", "_down_reason",
-                 "_login_failed", "_writer")
+                 "_permanent", "_auth_condition", "_writer")
 
     def __init__(self, spec: XmppSpec, *, settings: Settings, counters: Counters,
                  pace_connect: Callable[[str], None], index: int = 0, label: Optional[str] = None,
@@ -69,7 +81,8 @@ class XmppSession(SessionBase):
         self._up = gevent.event.Event()
         self._down = gevent.event.Event()
         self._down_reason = ""
-        self._login_failed = False
+        self._permanent = False  # the reason is one a retry soon cannot mend
+        self._auth_condition = ""  # the SASL failure's condition, for the reason
         #: made by the main greenlet: the pool calls this constructor and must not be made to wait,
         #: or another room could create a second session for the same key meanwhile
         self.client: BoundedClient = None  # type: ignore[assignment]
@@ -87,6 +100,7 @@ class XmppSession(SessionBase):
 
     def attach(self, room: RoomLink) -> None:
         self.mucs.attach(room)
+        self._tell_attached(room)  # the stream's attempts fail: why, at once
 
     def detach(self, room: RoomLink, reason: str, *, silent: bool = False) -> None:
         self.mucs.detach(room, reason, silent)
@@ -156,24 +170,38 @@ class XmppSession(SessionBase):
     # ------------------------------------------------------------------------------- main greenlet
     def _session_once(self) -> None:
         """Connect, serve until the stream ends; raise to say why it ended."""
+        spec: XmppSpec = self.spec  # type: ignore[assignment]
+        # here, not on the loop: it may read the tls_ca file, and raises TlsSetupFailed with the reason
+        context = tls.client_context(spec.tls_ca, spec.tls_verify) if spec.tls else None
         self._up.clear()
         self._down.clear()
         self._down_reason = ""
-        self._login_failed = False
-        aio.call(self._connect)
-        ready = gevent.wait([self._up, self._down], count=1, timeout=self.settings.connect_timeout)
+        self._permanent = False
+        self._auth_condition = ""
+        aio.call(self._connect, context)
+        timeout = self.settings.connect_timeout
+        ready = gevent.wait([self._up, self._down], count=1, timeout=timeout)
         if not ready:
+            reason = self._down_reason or self._timeout_reason(timeout)
             aio.call(self._abort)
             self._down.wait(2.0)
-            raise ConnectionLost("connecting timed out")
+            raise ConnectionLost(reason)
         while not self._down.is_set():
             if self._down.wait(self.settings.ping_interval):
                 break
             self._keepalive()
-        reason = self._down_reason or "the stream ended"
-        if self._login_failed:
-            raise LoginFailed(reason)
-        raise ConnectionLost(reason)
+        raise ConnectionLost(self._down_reason or "the stream ended", permanent=self._permanent)
+
+    def _timeout_reason(self, timeout: float) -> str:
+        """Why ``connect_timeout`` passed without a session, by how far the stream got."""
+        stage = self.client.gr_stage
+        where = f"{self.spec.host}:{self.spec.port}" if self.spec.host else self._host  # type: ignore[union-attr]
+        if stage in ("", "tcp"):
+            return (f"the server did not answer the connection within {timeout:g}s "
+                    f"({where}: {'no TCP connection' if not stage else 'connected, but no XMPP stream'})")
+        if stage == "login":
+            return f"the server did not start the session within {timeout:g}s (logged in, no resource bound)"
+        return f"the server did not complete the login within {timeout:g}s ({where}: stuck after {stage})"
 
     def _keepalive(self) -> None:
         """Ping the server; a stream that does not answer within ``ping_timeout`` is dropped."""
@@ -236,7 +264,7 @@ class XmppSession(SessionBase):
     # ====================================================================== on the asyncio loop
     def _make_client(self) -> BoundedClient:
         client = make_client(self.spec, label=self.label, counters=self.counters,  # type: ignore[arg-type]
-                             settings=self.settings, on_too_big=self._on_too_big)
+                             settings=self.settings, on_too_big=self._on_too_big, on_refused=self._on_refused)
         on = client.add_event_handler
         stanzas, mucs = self.stanzas, self.mucs
         on("session_start", self._on_session_start)
@@ -244,8 +272,11 @@ class XmppSession(SessionBase):
         on("disconnected", self._on_disconnected)
         on("connection_failed", self._on_connection_failed)
         on("reconnect_delay", self._on_reconnect_delay)
+        on("failed_auth", self._on_auth_refused)
         on("failed_all_auth", self._on_failed_auth)
-        on("stream_error", lambda e: log.warning("xmpp %s: stream error %s", self.label, e["condition"]))
+        on("no_auth", self._on_no_auth)
+        on("ssl_invalid_chain", self._on_tls_failed)
+        on("stream_error", self._on_stream_error)
         on("groupchat_presence", stanzas.on_muc_presence)
         on("presence_error", stanzas.on_presence_error)
         on("groupchat_message", stanzas.on_groupchat_message)
@@ -254,8 +285,11 @@ class XmppSession(SessionBase):
         on("muc_ping_changed", mucs.on_muc_ping)
         return client
 
-    def _connect(self) -> None:
+    def _connect(self, context: Optional[ssl.SSLContext]) -> None:
         spec: XmppSpec = self.spec  # type: ignore[assignment]
+        if context is not None:
+            self.client.ssl_context = context
+        self.client.gr_stage = ""
         self.client.connect(spec.host, spec.port) if spec.host else self.client.connect()
 
     def _abort(self) -> None:
@@ -277,17 +311,40 @@ class XmppSession(SessionBase):
             self.client.disconnect(wait=wait, reason=reason)
 
     def _encrypted(self) -> bool:
-        transport = self.client.transport
-        return transport is not None and transport.get_extra_info("sslcontext") is not None
+        return self.client.gr_encrypted()
+
+    def _fail(self, reason: str, permanent: bool) -> None:
+        """The attempt cannot succeed: say why (the first reason stands) and drop the stream (its
+        ``disconnected`` ends the attempt; failing that, ``connect_timeout`` does, with this reason)."""
+        if not self._down_reason:
+            self._down_reason, self._permanent = reason, permanent
+        log.info("xmpp %s: %s", self.label, reason)
+        self._abort()
 
     def _on_too_big(self, why: str) -> None:
         self._down_reason = why
 
+    def _on_refused(self, why: str) -> None:
+        """The stream features cannot satisfy the spec's TLS policy (``BoundedClient.gr_tls_problem``)."""
+        if not self._down_reason:
+            self._down_reason, self._permanent = why, True
+        log.info("xmpp %s: %s", self.label, why)
+
+    def _on_tls_failed(self, error: Any) -> None:
+        """The STARTTLS handshake failed (slixmpp leaves the stream to us once this has a handler)."""
+        spec: XmppSpec = self.spec  # type: ignore[assignment]
+        if isinstance(error, ssl.SSLError):
+            reason, permanent = tls.explain(error, self._tls_name(), ca=spec.tls_ca)
+        else:
+            reason, permanent = f"the TLS handshake failed ({type(error).__name__})", False
+        self._fail(reason, permanent)
+
+    def _tls_name(self) -> str:
+        return JID(self.spec.jid).domain  # type: ignore[union-attr]  (slixmpp verifies the JID's domain)
+
     def _on_session_start(self, _event: Any) -> None:
         if self.spec.tls and not self._encrypted():
-            self._login_failed = True
-            self._down_reason = "the server did not negotiate TLS (the spec requires it)"
-            self._abort()
+            self._fail("the server did not negotiate TLS (the spec requires it)", True)
             return
         log.info("xmpp %s: session started as %s", self.label, self.client.boundjid)
         self.online = True
@@ -311,21 +368,56 @@ class XmppSession(SessionBase):
                 self.mucs.send_join(muc)
 
     def _on_disconnected(self, reason: Any) -> None:
-        self.online = False
+        was_online, self.online = self.online, False
         if not self._down_reason:
-            self._down_reason = f"stream closed ({reason})" if reason else "stream closed"
+            if isinstance(reason, ssl.SSLError) and not was_online:  # a failed STARTTLS handshake ends here first
+                self._down_reason, self._permanent = tls.explain(reason, self._tls_name(), ca=self.spec.tls_ca)
+            else:
+                self._down_reason = f"stream closed ({reason})" if reason else "stream closed"
         self.mucs.disconnected()
         self._down.set()
 
     def _on_connection_failed(self, error: Any) -> None:
-        self._down_reason = f"connection failed: {error}"
+        """One address failed (slixmpp tries each; the last reason stands, ``reconnect_delay`` ends it)."""
+        spec: XmppSpec = self.spec  # type: ignore[assignment]
+        if isinstance(error, ssl.SSLError):  # direct TLS: the handshake is part of the connect
+            reason, permanent = tls.explain(error, self._tls_name(), ca=spec.tls_ca)
+        elif isinstance(error, OSError):
+            reason, permanent = tls.explain_connect(error, self._host, spec.port, self.settings.connect_timeout)
+        else:  # slixmpp's "No DNS record available for <domain>"
+            reason, permanent = f"cannot resolve {self._host} (DNS: no address)", False
+        self._down_reason, self._permanent = reason, permanent
 
     def _on_reconnect_delay(self, _delay: Any) -> None:
         """slixmpp tried every address and would retry on its own schedule: we use ours."""
         self.client.cancel_connection_attempt()
         self._down.set()
 
+    def _on_auth_refused(self, failure: Any) -> None:
+        """One SASL mechanism was refused; slixmpp tries the next (``failed_all_auth`` when none is left)."""
+        try:
+            condition = failure["condition"]
+        except Exception:  # a malformed failure stanza: no condition to tell
+            condition = ""
+        if isinstance(condition, str) and condition.replace("-", "").isalpha() and len(condition) <= 64:
+            self._auth_condition = condition
+
     def _on_failed_auth(self, _event: Any) -> None:
-        self._login_failed = True
-        self._down_reason = ("authentication failed" if self.spec.tls or self._encrypted()
-                             else "authentication failed (or no mechanism allowed without TLS)")
+        condition = self._auth_condition
+        self._down_reason = "authentication failed" + (f" ({condition})" if condition else "")
+        self._permanent = True
+
+    def _on_no_auth(self, _event: Any) -> None:
+        """No mechanism was even tried: none the server offered is one slixmpp may use here."""
+        offered = sorted(str(m)[:40] for m in list(self.client.plugin["feature_mechanisms"].mech_list)[:10])
+        self._down_reason = ("authentication failed: the server offers no login mechanism greenroom can use "
+                             f"(offered: {', '.join(offered) or 'none'})")
+        self._permanent = True
+
+    def _on_stream_error(self, error: Any) -> None:
+        condition = str(error["condition"] or "")[:64]
+        text = " ".join(str(error["text"] or "").split())[:200]
+        log.warning("xmpp %s: stream error %s", self.label, condition)
+        if not self._down_reason:
+            self._down_reason = f"the server ended the stream: {condition}" + (f" ({text})" if text else "")
+            self._permanent = condition in PERMANENT_STREAM_ERRORS
