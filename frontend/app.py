@@ -104,7 +104,7 @@ class Frontend:
         self.ledger = InflightLedger(self.redis, keys, fid, max_items=settings.inflight_max,
                                      max_bytes=settings.inflight_max_bytes,
                                      wake_writer=lambda: self.outbox.wake.set())
-        self.outbox = OutgoingDispatcher(DirectLink(settings), settings, keys, self.ledger, counters)
+        self.outbox = OutgoingDispatcher(DirectLink(settings, name="outgoing"), settings, keys, self.ledger, counters)
         self.sessions = SessionPool(settings, {"irc": IrcConnection, "xmpp": _xmpp_factory},
                                     counters=counters, pace_events=self.outbox.wait_for_room)
         sealer = sealer_from_settings(settings)  # raises ConfigError for a bad key (never shown)
@@ -116,11 +116,13 @@ class Frontend:
             seal=sealer.seal if sealer.enabled else (lambda spec: spec), open_spec=sealer.open)
         # the blocking pops' socket timeouts outlast the block: redis-py raises TimeoutError otherwise
         self.incoming = IncomingDispatcher(
-            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0),
+            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0,
+                            on_connect=self.ledger.seq_floor, name="incoming"),
             ledger=self.ledger, registry=self.registry, outbox=self.outbox,
             counters=counters, settings=settings, frontend_id=fid)
         self.router = Router(
-            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0), keys=keys,
+            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0,
+                            on_connect=self.ledger.seq_floor, name="router"), keys=keys,
             ledger=self.ledger, frontend_id=fid, settings=settings, counters=counters,
             deliver=self.incoming.deliver, adopt=self.incoming.adopt)
         self.gate = SpeakGate()

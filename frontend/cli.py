@@ -30,6 +30,7 @@ from .config import Settings, load_settings  # noqa: E402
 from .errors import ConfigError, ProtocolError  # noqa: E402
 from .keys import Keys  # noqa: E402
 from .protocol import encode, validate_command  # noqa: E402
+from .redis_conn import client_for  # noqa: E402
 from .status import terminal  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+    return client_for(settings)  # any redis_url form: one server, Sentinel, Cluster
 
 
 def _push(settings: Settings, command: dict[str, Any]) -> int:

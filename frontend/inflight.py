@@ -62,6 +62,7 @@ class InflightLedger:
         self._space.set()
         self._written = gevent.event.Event()  # set whenever acknowledgements reached Redis
         self._intake = scripts.load("intake")
+        self._seq_floor = scripts.load("seq_floor")
         self._requeue = scripts.load("requeue_ledger").register(client)
         self._requeue_entry = scripts.load("requeue_entry").register(client)
         self._suspects: set[int] = set()
@@ -206,6 +207,13 @@ class InflightLedger:
         self._written.set()
         if len(held) < self.max_items and (self._bytes < self.max_bytes or not held):
             self._space.set()
+
+    def seq_floor(self) -> list[tuple[Any, ...]]:
+        """Sent ahead of the first batch of every new connection of the router and the intake loop
+        (``DirectLink(on_connect=...)``): the counter is raised to the highest seq this process has
+        seen, so a promoted replica that lacks the last increments never hands a number out twice."""
+        highest = max(self._next - 1, max(self._held, default=0), max(self._pending, default=0))
+        return [self._seq_floor.eval_command([self.seq_key], [highest])]
 
     def hdel_command(self, seqs: list[int]) -> tuple[Any, ...]:
         return ("HDEL", self.key, *seqs)
