@@ -136,3 +136,16 @@ def test_redaction_never_shows_a_secret(secret, scheme, user, where):
         template = f"{scheme}://h1:1,h2:2/svc/0?sentinel_password={{}}&x=1"
     assume(secret not in template.format("***"))  # not a word the URL holds anyway
     assert secret not in redact_url(template.format(secret))
+
+
+def test_a_reload_keeps_the_redis_identity_and_defers_the_wait_settings(caplog):
+    from frontend.reload import reload_settings, report
+
+    old = load_settings(env={}, overrides={"redis_sentinel_password": "pw-one"})
+    new = reload_settings(lambda: load_settings(env={}, overrides={"redis_sentinel_password": "pw-two",
+                                                                   "redis_wait_replicas": 1}), old)
+    assert new.redis_sentinel_password == "pw-one" and new.redis_wait_replicas == 1
+    with caplog.at_level("WARNING"):
+        report(old, new, 0)
+    assert "redis_wait_replicas take effect at the next restart" in caplog.text
+    assert "pw-one" not in caplog.text and "pw-two" not in caplog.text
