@@ -17,6 +17,7 @@ from typing import Any, Callable
 import gevent
 import pytest
 import redis
+import ujson
 from redis.cluster import key_slot
 from redis.sentinel import Sentinel
 
@@ -289,12 +290,15 @@ def test_a_lagging_promoted_replica_never_reuses_ledger_numbers(redis_url, redis
             seq_key = f"control:seq:{fid}"
             counter = int(redis_client.get(seq_key))
             redis_client.set(seq_key, counter - 15)
+            # a BLMOVE into the landing list replicated without the intake script that followed it
+            redis_client.rpush(f"control:landing:{fid}", ujson.dumps({"type": "say", "room": "fl", "text": "landed"}))
             redis_client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
             after = [f"after-{i}" for i in range(20)]
             push(redis_client, *[{"type": "say", "room": "fl", "text": t} for t in after])
-            wait_until(lambda: len(observer.privmsgs(chan)) >= 40, 8, what="the 20 lines after the cut")
-            assert [ln.text for ln in observer.privmsgs(chan)][20:] == after
-            assert int(redis_client.get(seq_key)) >= counter + 20
+            wait_until(lambda: len(observer.privmsgs(chan)) >= 41, 8, what="the 21 lines after the cut")
+            texts = [ln.text for ln in observer.privmsgs(chan)][20:]
+            assert sorted(texts) == sorted(after + ["landed"]) and [t for t in texts if t != "landed"] == after
+            assert int(redis_client.get(seq_key)) >= counter + 21
             wait_until(lambda: held(redis_client, fid) == 0, 5, what="the ledger emptied")
     finally:
         observer.close()
