@@ -1,7 +1,7 @@
 """What ``redis_wait_replicas`` costs, and how much of Redis greenroom uses (issue 17).
 
-    python -m tests.bench.ha_cost                     # the default scenarios, wait 0 and 1
-    python -m tests.bench.ha_cost --scenario outbound:100:200000@20000 --wait 1
+    python -m tests.bench.ha_cost                     # the default scenarios, wait 0 and 1, 3 runs each
+    python -m tests.bench.ha_cost --scenario outbound:100:200000@20000 --wait 1 --runs 1
 
 Each run is a ``tests.bench`` run (``scenarios.Bench``: InspIRCd, the ticker, the load generators, a
 ``greenroom run`` process) on a Redis with one replica attached, and the frontend started with
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -25,7 +26,7 @@ from tests.bench.runner import greenroom_cmd
 from tests.bench.scenarios import Bench, FrontendSpec, Options, Scenario, ScenarioFailed, log
 from tests.bench.servers import find_binary
 
-DEFAULT = ["outbound:100:200000", "inbound:100:200000", "outbound:100:100000@10000", "inbound:100:100000@10000"]
+DEFAULT = ["inbound:100:300000", "outbound:100:200000", "inbound:1000:20000@2000", "outbound:1000:20000@2000"]
 
 
 class ReplicatedBench(Bench):
@@ -74,7 +75,10 @@ def run(scenario: Scenario, wait: int, opts: Options) -> dict:
     cmd = greenroom_cmd()
     if cmd is None:
         raise SystemExit("greenroom is not installed")
+    # room_event_rate 0: the inbound limit per room (a protection, default 100 lines/s per room) would
+    # drop most of a max-speed run over 100 rooms; this measures the pipeline
     spec = FrontendSpec(f"greenroom-wait{wait}", cmd, env={"GREENROOM_METRICS_ADDR": "127.0.0.1:{free_port}",
+                                                           "GREENROOM_ROOM_EVENT_RATE": "0",
                                                            "GREENROOM_REDIS_WAIT_REPLICAS": str(wait)})
     row = {"scenario": scenario.name, "wait_replicas": wait, "ok": True}
     started = time.time()
@@ -87,10 +91,28 @@ def run(scenario: Scenario, wait: int, opts: Options) -> dict:
     return row
 
 
-COLUMNS = [("scenario", "{}"), ("wait_replicas", "{}"), ("msgs_per_s", "{:,.0f}"), ("cpu_us_per_msg", "{:.1f}"),
+COLUMNS = [("scenario", "{}"), ("wait_replicas", "{}"), ("runs", "{}"), ("msgs_per_s", "{:,.0f}"), ("cpu_us_per_msg", "{:.1f}"),
            ("lat_p50_ms", "{:.2f}"), ("lat_p99_ms", "{:.2f}"), ("redis_cpu_pct", "{:.1f}"),
            ("redis_us_per_command", "{:.2f}"), ("redis_commands_per_line", "{:.3f}"), ("redis_us_per_line", "{:.2f}"),
            ("lost", "{}")]
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (scenario, wait): the median of each figure over the runs that passed."""
+    out = []
+    keys = list(dict.fromkeys((r["scenario"], r["wait_replicas"]) for r in rows))
+    for scenario, wait in keys:
+        runs = [r for r in rows if (r["scenario"], r["wait_replicas"]) == (scenario, wait)]
+        good = [r for r in runs if r.get("ok")]
+        row = {"scenario": scenario, "wait_replicas": wait, "runs": f"{len(good)}/{len(runs)}", "ok": bool(good)}
+        for name, _ in COLUMNS[3:]:
+            values = sorted(r[name] for r in good if r.get(name) is not None)
+            if values:
+                row[name] = statistics.median(values)
+        if not good:
+            row["error"] = runs[-1].get("error")
+        out.append(row)
+    return out
 
 
 def table(rows: list[dict]) -> str:
@@ -109,21 +131,23 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", action="append", default=[])
     p.add_argument("--wait", action="append", type=int, default=[], help="redis_wait_replicas (default 0 and 1)")
+    p.add_argument("--runs", type=int, default=3, help="runs of each (scenario, wait), alternating; medians")
     p.add_argument("--out", default=None, help="JSON lines output")
     args = p.parse_args(argv)
     procs.raise_nofile()
     opts = Options(idle_s=1.0)
     rows = []
-    for name in args.scenario or DEFAULT:
-        for wait in args.wait or [0, 1]:
-            log(f"{name} with redis_wait_replicas={wait}")
-            row = run(Scenario.parse(name), wait, opts)
-            rows.append(row)
-            log(json.dumps({k: row.get(k) for k, _ in COLUMNS}))
-            if args.out:
-                with open(args.out, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-    print(table(rows))
+    for n in range(args.runs):
+        for name in args.scenario or DEFAULT:
+            for wait in args.wait or [0, 1]:
+                log(f"run {n + 1}/{args.runs}: {name} with redis_wait_replicas={wait}")
+                row = run(Scenario.parse(name), wait, opts)
+                rows.append(row)
+                log(json.dumps({k: row.get(k) for k, _ in COLUMNS}))
+                if args.out:
+                    with open(args.out, "a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+    print(table(medians(rows)))
     return 0 if all(r["ok"] for r in rows) else 1
 
 
