@@ -302,3 +302,33 @@ def test_a_lagging_promoted_replica_never_reuses_ledger_numbers(redis_url, redis
             wait_until(lambda: held(redis_client, fid) == 0, 5, what="the ledger emptied")
     finally:
         observer.close()
+
+
+def test_a_frontend_stops_in_time_while_its_batches_wait_for_a_replica(redis_sentinel):
+    """redis_wait_replicas = 1 and no replica answering: the dispatchers hold their batches (an
+    event stays in the outgoing buffer), and a stop still ends within shutdown_timeout: no greenlet
+    stays stuck in a WAIT."""
+    from frontend.app import Frontend
+    from tests.support.frontend import FAST
+
+    settings = load_settings(env={}, overrides={"redis_url": redis_sentinel.url(), "frontend_id": uniq("held-"),
+                                                **FAST, "redis_wait_replicas": 1, "redis_wait_timeout": 0.2})
+    fe = Frontend(settings)
+    fe.start()
+    replica = redis_sentinel.replica
+    replica.pause()
+    try:
+        # an event, as a room hands it over (the router and the intake loop hold their own batches)
+        fe.outbox.event(fe.keys.messages, {"type": "pong", "room": "r", "cmd_id": "p1", "event_id": "e1", "ts": 0.0})
+        wait_until(lambda: fe.outbox._link.waits_repeated >= 1, 10, what="a held batch")
+        gevent.sleep(0.5)
+        started = time.monotonic()
+        fe.stop()
+        took = time.monotonic() - started
+        report("stop_with_held_batches", stop_s=round(took, 2), shutdown_timeout=settings.shutdown_timeout)
+        assert took < settings.shutdown_timeout + 1.0
+        # the unconfirmed batch was never counted as written: it is what the stop reports left behind
+        assert fe.outbox.pending >= 1 and fe.counters["events_pushed"] == 0
+        assert all(s.greenlet is None or s.greenlet.dead for s in fe.supervisor)
+    finally:
+        replica.resume()
