@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"greenroom {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (env GREENROOM_CONFIG)")
-    common.add_argument("--redis-url", help="redis:// or rediss:// URL (env GREENROOM_REDIS_URL)")
+    common.add_argument("--redis-url", help="redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL "
+                        "(env GREENROOM_REDIS_URL; README: Redis for production)")
     common.add_argument("--key-prefix", help="prefix of every Redis key (env GREENROOM_KEY_PREFIX)")
     sub = parser.add_subparsers(dest="command", required=True)
 
