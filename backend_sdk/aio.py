@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from frontend import scripts
-from frontend.redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ERRORS
+from frontend.redis_conn import REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, REDIS_ERRORS, endpoint
 
 from .core import SCRIPTS, BaseBackend, Delivery
 from .events import Event
@@ -48,8 +48,10 @@ class AsyncBackend(BaseBackend):
 
     def __init__(self, redis_url: str, **options: Any) -> None:
         super().__init__(redis_url, **options)
-        pool = aredis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=self.concurrency + 4, timeout=30, socket_timeout=5.0,
+        #: any redis_url form (one server, Sentinel, Cluster: frontend/redis_url.py)
+        self._endpoint = endpoint(redis_url, options.get("key_prefix", ""))
+        pool = self._endpoint.async_pool(
+            max_connections=self.concurrency + 4, timeout=30, socket_timeout=5.0,
             socket_connect_timeout=5.0, socket_keepalive=True, health_check_interval=30, retry=_retry(3))
         #: the shared client for short commands
         self.redis = aredis.Redis(connection_pool=pool)
@@ -165,8 +167,8 @@ class AsyncBackend(BaseBackend):
 
     async def _start(self) -> None:
         await self._drive(self.begin())
-        self._blocking = aredis.Redis.from_url(
-            self.redis_url, socket_timeout=self.block_timeout + 5.0, socket_connect_timeout=5.0,
+        self._blocking = self._endpoint.async_client(
+            blocking=False, socket_timeout=self.block_timeout + 5.0, socket_connect_timeout=5.0,
             socket_keepalive=True, retry=_retry(0), single_connection_client=True)
         self._quit.clear()
         self._loops = [asyncio.create_task(self._every(self.heartbeat_interval, self.beat, "heartbeat"))]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import redis
 
 from frontend import scripts
-from frontend.redis_conn import retry_policy
+from frontend.redis_conn import endpoint, retry_policy
 
 from .core import SCRIPTS, BaseBackend, Delivery
 from .errors import BackendError
@@ -55,8 +55,10 @@ class Backend(BaseBackend):
         self.runtime = Runtime(None if runtime is None else runtime == "gevent")
         self._stop = self.runtime.Event()  # no more pops
         self._quit = self.runtime.Event()  # the heartbeat and recovery loops end (after the last ack)
-        pool = redis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=self.concurrency + 4, timeout=30, socket_timeout=5.0,
+        #: any redis_url form (one server, Sentinel, Cluster: frontend/redis_url.py)
+        self._endpoint = endpoint(redis_url, options.get("key_prefix", ""))
+        pool = self._endpoint.pool(
+            max_connections=self.concurrency + 4, timeout=30, socket_timeout=5.0,
             socket_connect_timeout=5.0, socket_keepalive=True, health_check_interval=30,
             retry=retry_policy(),
         )
@@ -167,8 +169,8 @@ class Backend(BaseBackend):
 
     def _start(self) -> None:
         self._drive(self.begin())
-        self._blocking = redis.Redis.from_url(
-            self.redis_url, socket_timeout=self.block_timeout + 5.0, socket_connect_timeout=5.0,
+        self._blocking = self._endpoint.client(
+            blocking=False, socket_timeout=self.block_timeout + 5.0, socket_connect_timeout=5.0,
             socket_keepalive=True, health_check_interval=0, retry=retry_policy(0),
             single_connection_client=True,
         )

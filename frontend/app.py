@@ -95,7 +95,7 @@ class Frontend:
         self.ledger = InflightLedger(self.redis, keys, fid, max_items=settings.inflight_max,
                                      max_bytes=settings.inflight_max_bytes,
                                      wake_writer=lambda: self.outbox.wake.set())
-        self.outbox = OutgoingDispatcher(DirectLink(settings), settings, keys, self.ledger, counters)
+        self.outbox = OutgoingDispatcher(DirectLink(settings, name="outgoing"), settings, keys, self.ledger, counters)
         #: open while this frontend's lease is surely valid: sessions send no room line while closed
         self.gate = SpeakGate(open=False)
         self.sessions = SessionPool(settings, counters=counters, pace_events=self.outbox.wait_for_room,
@@ -113,7 +113,8 @@ class Frontend:
             seal=sealer.seal if sealer.enabled else (lambda spec: spec), open_spec=sealer.open)
         # the blocking pops' socket timeouts outlast the block: redis-py raises TimeoutError otherwise
         self.incoming = IncomingDispatcher(
-            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0),
+            link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0,
+                            on_connect=self.ledger.seq_floor, name="incoming"),
             ledger=self.ledger, registry=self.registry, outbox=self.outbox,
             counters=counters, settings=settings, frontend_id=fid, keys=keys, tenants=self.tenants)
         self.router = self._router()
@@ -149,7 +150,9 @@ class Frontend:
 
     def _router(self, tenant: str | None = None) -> Router:
         settings = self.settings
-        return Router(link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0),
+        return Router(link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0,
+                                      on_connect=self.ledger.seq_floor,
+                                      name=f"router:{tenant}" if tenant else "router"),
                       keys=self.keys, ledger=self.ledger, frontend_id=settings.frontend_id, settings=settings,
                       counters=self.counters, deliver=self.incoming.deliver, adopt=self.incoming.adopt,
                       tenant=tenant)

@@ -34,6 +34,7 @@ from .config import Settings, load_settings  # noqa: E402
 from .errors import ConfigError, ProtocolError  # noqa: E402
 from .keys import Keys  # noqa: E402
 from .protocol import encode, validate_command  # noqa: E402
+from .redis_conn import client_for  # noqa: E402
 from .status import terminal  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+    return client_for(settings)  # any redis_url form: one server, Sentinel, Cluster
 
 
 def _push(settings: Settings, command: dict[str, Any]) -> int:
@@ -526,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"greenroom {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (env GREENROOM_CONFIG)")
-    common.add_argument("--redis-url", help="redis:// or rediss:// URL (env GREENROOM_REDIS_URL)")
+    common.add_argument("--redis-url", help="redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL "
+                        "(env GREENROOM_REDIS_URL; README: Redis for production)")
     common.add_argument("--key-prefix", help="prefix of every Redis key (env GREENROOM_KEY_PREFIX)")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .redis_url import check_prefix, parse_url, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,8 +26,20 @@ def _default_frontend_id() -> str:
 class Settings:
     """Every tunable of the daemon, with its default next to its meaning."""
 
-    #: Redis URL: redis://[:password@]host:port/db, rediss:// for TLS, unix:///path.sock
+    #: Redis URL: redis://[:password@]host:port/db, rediss:// for TLS, unix:///path.sock; Sentinel:
+    #: redis+sentinel://[:password@]host1:26379,host2:26379/service/db (rediss+sentinel:// for TLS);
+    #: Cluster: redis+cluster://[:password@]host1:6379,host2:6379 (key_prefix must hold a {hash tag})
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # ---- Redis for production (frontend/redis_conn.py, README "Redis for production") ----
+    #: the sentinels' own password (their requirepass), when it is not in the URL's
+    #: ?sentinel_password=; the data nodes' password is the URL's
+    redis_sentinel_password: str = field(default="", repr=False)
+    #: replicas that must confirm every batch the dispatchers write (a WAIT after each batch that
+    #: moves or acknowledges commands or pushes events); 0: no wait, a fail-over may lose the last
+    #: writes. While fewer confirm, the batch is held (not handed on, not forgotten) and WAIT repeated
+    redis_wait_replicas: int = 0
+    #: seconds one WAIT waits for those replicas before it is sent again
+    redis_wait_timeout: float = 1.0
     #: prepended to every Redis key (e.g. "prod:")
     key_prefix: str = ""
     #: this process's id; names the Redis keys it owns (in-flight list, heartbeat)
@@ -143,15 +156,6 @@ class Settings:
         return redact_url(self.redis_url)
 
 
-def redact_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0] if ":" in creds else ""
-    return f"{scheme}://{user}:***@{host}"
-
-
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
@@ -213,6 +217,11 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {settings.log_level!r}")
     if settings.lease_time < 1.0 or not 0.0 < settings.lease_margin < settings.lease_time / 2:
         raise ConfigError("lease_time must be at least 1 and lease_margin between 0 and half of it")
+    if settings.redis_wait_replicas < 0:
+        raise ConfigError("redis_wait_replicas must be 0 (no wait) or more")
+    if not 0.01 <= settings.redis_wait_timeout <= 3.0:
+        raise ConfigError("redis_wait_timeout must be between 0.01 and 3 seconds")
+    check_prefix(parse_url(settings.redis_url), settings.key_prefix)  # RedisUrlError is a ConfigError
     if settings.weight <= 0:
         raise ConfigError("weight must be above 0")
     if not 1 <= settings.control_drain <= 5000:

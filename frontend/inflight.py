@@ -62,6 +62,8 @@ class InflightLedger:
         self._space.set()
         self._written = gevent.event.Event()  # set whenever acknowledgements reached Redis
         self._intake = scripts.load("intake")
+        self._seq_floor = scripts.load("seq_floor")
+        self._raise_seq = self._seq_floor.register(client)
         self._requeue = scripts.load("requeue_ledger").register(client)
         self._requeue_entry = scripts.load("requeue_entry").register(client)
         self._suspects: set[int] = set()
@@ -157,7 +159,10 @@ class InflightLedger:
 
     def adopt_unknown(self) -> list[tuple[int, bytes]]:
         """After a Redis error: the landing list's leftovers go into the ledger, and every entry of
-        our Redis ledger this process has not seen (a reply lost after the script ran) is taken."""
+        our Redis ledger this process has not seen (a reply lost after the script ran) is taken. The
+        counter first goes up to what we have seen (the error may have been a fail-over to a replica
+        that lags behind: ``seq_floor``)."""
+        self._raise_seq(keys=[self.seq_key], args=[self._highest_seen()])
         landed = self._intake.register(self._client)(keys=[self.inbox, self.landing, self.key, self.seq_key],
                                                      args=[self.keys.prefix, 0, 0, self.max_items])
         ready = self.accept([] if not landed or self.is_full(landed) else landed)
@@ -206,6 +211,15 @@ class InflightLedger:
         self._written.set()
         if len(held) < self.max_items and (self._bytes < self.max_bytes or not held):
             self._space.set()
+
+    def seq_floor(self) -> list[tuple[Any, ...]]:
+        """Sent ahead of the first batch of every new connection of the router and the intake loop
+        (``DirectLink(on_connect=...)``): the counter is raised to the highest seq this process has
+        seen, so a promoted replica that lacks the last increments never hands a number out twice."""
+        return [self._seq_floor.eval_command([self.seq_key], [self._highest_seen()])]
+
+    def _highest_seen(self) -> int:
+        return max(self._next - 1, max(self._held, default=0), max(self._pending, default=0))
 
     def hdel_command(self, seqs: list[int]) -> tuple[Any, ...]:
         return ("HDEL", self.key, *seqs)

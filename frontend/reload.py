@@ -18,10 +18,10 @@ from .logs import setup_logging
 log = logging.getLogger(__name__)
 
 #: what a running process keeps whatever the file says
-FIXED = ("redis_url", "key_prefix", "frontend_id")
+FIXED = ("redis_url", "key_prefix", "frontend_id", "redis_sentinel_password")
 #: read once at start: a new value waits for a restart
 AT_RESTART = ("heartbeat_interval", "recovery_interval", "control_block_timeout", "web_addr",
-              "inflight_max", "inflight_max_bytes")
+              "inflight_max", "inflight_max_bytes", "redis_wait_replicas", "redis_wait_timeout")
 
 
 def reload_settings(loader: Callable[[], Settings] | None, old: Settings) -> Settings | None:

@@ -35,6 +35,7 @@ from ..keys import Keys
 from ..logs import Throttle
 from ..metrics import parse_addr
 from ..protocol import encode, validate_command
+from ..redis_conn import client_for
 from .auth import COOKIE, HostCheck, LoginLimiter, RedisSessionInterface, is_loopback, is_wildcard
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Flask:
         SESSION_COOKIE_NAME=COOKIE, SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict", MAX_CONTENT_LENGTH=64 * 1024,
     )
-    db = client or redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3)
+    db = client or client_for(settings)  # any redis_url form: one server, Sentinel, Cluster
     keys = Keys(settings.key_prefix)
     sessions = RedisSessionInterface(db, keys, settings.web_session_ttl)
     app.session_interface = sessions
