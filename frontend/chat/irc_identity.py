@@ -23,6 +23,7 @@ having negotiated them are never read.
 from __future__ import annotations
 
 import calendar
+import datetime
 import re
 from typing import Any, Optional
 
@@ -33,37 +34,69 @@ IDENTITY_CAPS = ("account-tag", "extended-join", "account-notify", "server-time"
 #: accounts tracked per connection at most (as many as members: ``irc_channels``)
 MAX_ACCOUNTS = 20_000
 
-_ACCOUNT_RE = re.compile(r"^[^\s\x00-\x1f\x7f-\x9f]{1,100}$")
-_MSGID_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
-_TIME_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z$")
 #: ``account`` of a line whose sender is not logged in or not known
 NO_ACCOUNT: dict[str, Any] = {"account": None}
 
 
 def valid_account(value: Optional[str]) -> Optional[str]:
     """An account name a server sent, if it is one (``*`` and empty mean none)."""
-    if not value or value == "*" or not _ACCOUNT_RE.match(value):
+    if not value or value == "*" or len(value) > 100 or not value.isprintable() or " " in value:
         return None
     return value
+
+
+def valid_msgid(value: Optional[str]) -> Optional[str]:
+    """A ``msgid`` a server sent, if it is one: printable ASCII without spaces, at most 128 bytes."""
+    if not value or len(value) > 128 or not value.isascii() or not value.isprintable() or " " in value:
+        return None
+    return value
+
+
+#: "YYYY-MM-DDThh:mm" -> unix time of that minute (UTC): a minute's lines share one validation
+_MINUTES: dict[str, int] = {}
+_MINUTE_RE = re.compile(r"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d)$")
+_SECONDS_RE = re.compile(r"^:(\d\d)(?:\.(\d{1,9}))?Z$")
+
+
+def _minute(head: str) -> Optional[int]:
+    m = _MINUTE_RE.match(head) if head.isascii() else None
+    if m is None:
+        return None
+    year, month, day, hour, minute = (int(x) for x in m.groups())
+    if year < 1970:
+        return None
+    try:
+        stamp = calendar.timegm(datetime.datetime(year, month, day, hour, minute).timetuple())
+    except (ValueError, OverflowError):
+        return None
+    if len(_MINUTES) >= 256:
+        _MINUTES.clear()
+    _MINUTES[head] = stamp
+    return stamp
 
 
 def parse_server_time(value: Optional[str]) -> Optional[float]:
     """IRCv3 ``server-time`` (``YYYY-MM-DDThh:mm:ss[.fff]Z``) -> unix seconds; None unless strict."""
     if not value or len(value) > 40:
         return None
-    m = _TIME_RE.match(value)
-    if m is None:
+    minute = _MINUTES.get(value[:16])
+    if minute is None:
+        minute = _minute(value[:16])
+        if minute is None:
+            return None
+    rest = value[16:]
+    if len(rest) == 8 and rest[3] == "." and rest[7] == "Z" and rest[0] == ":" and rest.isascii() \
+            and rest[1:3].isdigit() and rest[4:7].isdigit():  # the usual form: milliseconds
+        second, fraction = int(rest[1:3]), int(rest[4:7]) / 1000
+    else:
+        m = _SECONDS_RE.match(rest) if rest.isascii() else None
+        if m is None:
+            return None
+        second, digits = int(m.group(1)), m.group(2)
+        fraction = int(digits) / 10 ** len(digits) if digits else 0.0
+    if second > 60:
         return None
-    year, month, day, hour, minute, second = (int(x) for x in m.groups()[:6])
-    if not (1970 <= year <= 9999 and 1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60
-            and second < 61):
-        return None
-    try:
-        stamp = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
-    except (ValueError, OverflowError):
-        return None
-    fraction = m.group(7)
-    return stamp + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
+    return minute + second + fraction
 
 
 class Identity:
@@ -105,8 +138,8 @@ class Identity:
             if stamp is not None:
                 out["server_ts"] = stamp
         if self.message_tags:
-            msgid = tags.get("msgid")
-            if msgid and _MSGID_RE.match(msgid):
+            msgid = valid_msgid(tags.get("msgid"))
+            if msgid is not None:
                 out["msgid"] = msgid
         return out
 
