@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Optional, Protocol
 
 import gevent
+import gevent.event
 import redis
 import ujson
 
@@ -165,6 +166,9 @@ class FloodMemory:
         self._loaded_at = 0.0   # monotonic time of the last complete load (0.0: never)
         self._failed_at = 0.0
         self._loading: Optional[gevent.Greenlet] = None
+        #: set while no first load is under way (the connections that ask meanwhile wait for it)
+        self._first_load = gevent.event.Event()
+        self._first_load.set()
         self._listeners: dict[str, weakref.WeakSet] = {}
         self._probes: dict[str, gevent.Greenlet] = {}
 
@@ -223,6 +227,11 @@ class FloodMemory:
                     log.exception("flood limits of %s: a connection could not apply them", host)
 
     def _load_now(self) -> None:
+        """The first load, once however many connections ask at once (the others wait for it)."""
+        if not self._first_load.is_set():
+            self._first_load.wait(LOAD_TIMEOUT)
+            return
+        self._first_load.clear()
         try:
             with gevent.Timeout(LOAD_TIMEOUT):
                 self._load()
@@ -230,6 +239,8 @@ class FloodMemory:
             self._failed_at = time.monotonic()
             log.warning("learned flood limits: Redis did not answer within %gs; connecting without them "
                         "(tried again in %gs)", LOAD_TIMEOUT, RETRY_AFTER)
+        finally:
+            self._first_load.set()
 
     def _load(self) -> None:
         assert self._client is not None

@@ -99,3 +99,13 @@ def test_a_redis_that_does_not_answer_never_holds_a_connect_long(redis_server):
         assert time.monotonic() - started < 0.1
     finally:
         redis_server.resume()
+
+
+def test_many_connections_asking_at_once_cost_one_load(redis_url, redis_client):
+    redis_client.hset("servers:flood", "irc.example", Learned(rate=0.8, burst=3).to_json())
+    memory = _memory(redis_url)
+    redis_client.config_resetstat()
+    jobs = [gevent.spawn(memory.get, "irc.example") for _ in range(200)]
+    gevent.joinall(jobs, timeout=5)
+    assert [job.value.rate for job in jobs] == [0.8] * 200
+    assert redis_client.info("commandstats")["cmdstat_hgetall"]["calls"] == 1  # Redis's own count
