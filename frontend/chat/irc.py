@@ -50,7 +50,7 @@ from gevent import GreenletExit
 
 from ..config import Settings
 from ..counters import Counters
-from ..flood_memory import FloodMemory, tighten
+from ..flood_memory import FloodMemory
 from ..logs import Throttle
 from ..protocol import Command, IrcSpec, Spec
 from ..text import assert_safe_line
@@ -62,6 +62,7 @@ from .irc_format import (fold, folder, message_lines, pong_line, prefix_len, rea
                          valid_server_nick)
 from .irc_identity import Identity
 from .irc_isupport import ServerFacts, ServerInfo
+from .irc_limits import apply_isupport, cut, learn_flood
 from .irc_registration import Registration
 from .irc_wire import MAX_LINE, LineReader, Message, commands_named, parse
 from .sendqueue import OutLine, queue_command, report_unsent
@@ -125,7 +126,7 @@ class IrcSession(SessionBase):
     # thousands of these live in one process: no per-instance __dict__
     __slots__ = ("channels", "registration", "delivery", "registered", "userhost_len", "index", "identity",
                  "info", "fold", "_nick", "_folded_nick", "_pace_events", "_urgent", "_sock", "_writer",
-                 "_last_read", "_ping_sent_at", "_liveness", "_lost_reason", "_facts", "_rehome",
+                 "_last_read", "_ping_sent_at", "_liveness", "_lost_reason", "facts", "_rehome",
                  "_written", "_confirmed", "_first_write_at")
 
     def __init__(self, spec: IrcSpec, *, settings: Settings, counters: Counters,
@@ -139,7 +140,8 @@ class IrcSession(SessionBase):
                          on_wake=self._start_writer, flood_memory=flood_memory)
         #: this connection's place among the connections of one identity (0: the first)
         self.index = index
-        self._facts = facts
+        #: what the pool's connections heard of each server (ISUPPORT)
+        self.facts = facts
         #: the pool's: another connection of a room's identity (past a server's channel limit)
         self._rehome = rehome
         known = facts.get(spec.server) if facts is not None else None
@@ -295,12 +297,19 @@ class IrcSession(SessionBase):
             return None
         return self._rehome(room, self)
 
-    def move_room(self, room: RoomLink, other: "IrcSession", lines: list[OutLine]) -> None:
-        """``room`` (already off this connection, ``lines`` its queued lines) goes on on ``other``:
-        attached there, its lines queued there in order, and its ``session`` is ``other`` from now on."""
-        other.attach(room)
-        room.session = other
-        other.adopt(room, lines)
+    @property
+    def written(self) -> tuple[int, int, float]:
+        """Room lines written on this connection, those the server confirmed, when the first went."""
+        return self._written, self._confirmed, self._first_write_at
+
+    @property
+    def retry_soon(self) -> bool:
+        return self._retry_soon
+
+    @retry_soon.setter
+    def retry_soon(self, value: bool) -> None:
+        """The connection that ends made progress although the server dropped it: reconnect soon."""
+        self._retry_soon = value
 
     def adopt(self, room: RoomLink, lines: list[OutLine]) -> None:
         """Lines a room had queued on another connection, in order, ahead of what it sends from now."""
@@ -607,35 +616,9 @@ class IrcSession(SessionBase):
         if self.registration is not None and not self._closing.is_set():
             self.registration.on_error(message)
         if self._lost_reason is None:
-            self._lost_reason = "the server closed the link: " + _cut(message)
+            self._lost_reason = "the server closed the link: " + cut(message)
         if self.registered and flood_disconnect(message):
-            self._learn_flood(message)
-
-    def _learn_flood(self, message: str) -> None:
-        """The server disconnects us for flooding: what the bucket was, how many lines went out and
-        how many it confirmed become the server's new limits, for every connection to it."""
-        memory = self.flood_memory
-        server = self.spec.server  # type: ignore[union-attr]
-        bucket = self.queue.bucket
-        if memory is None:
-            log.warning("irc %s: disconnected for flooding (flood_learn is off: nothing learned)", self.label)
-            return
-        previous = memory.get(server, load=False)
-        current = None if bucket is None else (bucket.rate, bucket.burst)
-        # pacing: more lines than the burst, over longer than a full burst takes to refill
-        paced = bucket is not None and self._written > bucket.burst and bool(self._first_write_at) and (
-            time.monotonic() - self._first_write_at > bucket.burst / bucket.rate)
-        learned = tighten(current, confirmed=self._confirmed, paced=paced,
-                          start_rate=self.settings.flood_learn_rate, min_rate=self.settings.flood_learn_min_rate,
-                          previous=previous, why=_cut(message), now=time.time())
-        # a connection that was slowed down reconnects at once: it makes progress at the new rate
-        self._retry_soon = current is None or learned.rate < current[0] or learned.burst < current[1]
-        log.warning("irc %s: disconnected for flooding (%s) after %d lines, %d confirmed, %s; every connection "
-                    "to %s now sends %.2f lines/s after a burst of %d (flood disconnect %d of this server)",
-                    self.label, _cut(message, 120), self._written, self._confirmed,
-                    "without flood control" if bucket is None else f"at {bucket.rate:g} lines/s after {bucket.burst:g}",
-                    server, learned.rate, learned.burst, learned.kills)
-        memory.learned(server, learned)
+            learn_flood(self, message)
 
     def on_cap(self, msg: Message) -> None:
         """CAP during registration is the registration's; after it, a ``CAP DEL`` (servers send it to
@@ -647,23 +630,8 @@ class IrcSession(SessionBase):
                 self.identity.enable(cap, False)
 
     def on_isupport(self, msg: Message) -> None:
-        """005: the server's channel limit and case mapping (``irc_isupport``)."""
-        casemapping = self.info.casemapping
-        if not self.info.feed(msg.params):
-            return
-        if self._facts is not None:
-            self._facts.put(self.spec.server, self.info.copy())  # type: ignore[union-attr]
-        if self.info.casemapping != casemapping:
-            fold_before = self.fold
-            self.fold = folder(self.info.casemapping)
-            if self.fold is not fold_before:
-                log.info("irc %s: the server compares names as %s", self.label, self.info.casemapping)
-                self.nick = self._nick
-                self.channels.rekey()
-
-
-def _cut(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
+        """005: the server's channel limit and case mapping (``irc_limits.apply_isupport``)."""
+        apply_isupport(self, msg)
 
 
 _registration = attrgetter("registration")

@@ -35,6 +35,7 @@ from ..pacing import Backoff
 from .base import RoomLink, Seat
 from .irc_format import join_lines, reason_line
 from .irc_identity import NO_ACCOUNT
+from .irc_limits import rekey, too_many_channels
 from .irc_wire import Message
 from .sendqueue import OutLine, report_unsent
 
@@ -59,7 +60,6 @@ class ChannelHost(Protocol):
     def fold(self, name: str) -> str: ...
     def is_me(self, nick: Optional[str]) -> bool: ...
     def other_connection(self, room: RoomLink) -> Any: ...
-    def move_room(self, room: RoomLink, other: Any, lines: list[OutLine]) -> None: ...
     def send_urgent(self, lines: list[bytes]) -> None: ...
     def last_room_gone(self) -> None: ...
     def saw_own_source(self, source: str, nick: str) -> None: ...
@@ -287,6 +287,9 @@ class IrcChannels:
 
         channel.timer = gevent.spawn_later(delay, rejoin)
 
+    def rejoin_now(self, channel: Channel) -> None:
+        self._rejoin_now(channel)
+
     def _rejoin_now(self, channel: Channel) -> None:
         session = self.session
         channel.joined = False
@@ -335,39 +338,8 @@ class IrcChannels:
             identity.forget(folded)
 
     def rekey(self) -> None:
-        """The server named its case mapping after the channels were keyed: key them again. Rooms
-        whose channels now differ get channels of their own (joined at once); channels that now
-        are one share it."""
-        fold = self.session.fold
-        channels, self.by_name = list(self.by_name.values()), {}
-        for channel in channels:
-            if channel.members:
-                self.tracked -= len(channel.members)
-            channel.members = None  # folded the old way; the next NAMES lists them again
-            groups: dict[str, list[Seat]] = {}
-            for seat in channel.seats:
-                groups.setdefault(fold(seat.room.spec.channel), []).append(seat)  # type: ignore[union-attr]
-            for i, (key, seats) in enumerate(groups.items()):
-                target = self.by_name.get(key)
-                if target is None:
-                    target = channel if i == 0 else Channel(seats[0].room.spec.channel)  # type: ignore[union-attr]
-                    self.by_name[key] = target
-                    if target is not channel:
-                        target.seats = ()
-                        channel.seats = tuple(s for s in channel.seats if s not in seats)
-                        for seat in seats:
-                            seat.place = target
-                        target.seats = tuple(seats)
-                        if self.session.registered:
-                            self._rejoin_now(target)
-                    continue
-                if target is not channel:  # merged into a channel keyed before
-                    channel.seats = tuple(s for s in channel.seats if s not in seats)
-                    for seat in seats:
-                        seat.place = target
-                    target.seats += tuple(seats)
-            if not channel.seats:
-                channel.cancel_timer()
+        """The server named its case mapping after the channels were keyed (``irc_limits.rekey``)."""
+        rekey(self, Channel)
 
     def _untracked(self, channel: Channel, n: int) -> None:
         self.session.counters["members_untracked"] += n
@@ -379,6 +351,10 @@ class IrcChannels:
             MAX_MEMBERS, MAX_MEMBERS_PER_CONNECTION)
 
     # ---------------------------------------------------------------------------- server lines
+    def channel(self, name: str) -> Optional[Channel]:
+        """The channel of ours called ``name`` (as the server folds names), while a room is on it."""
+        return self._channel(name)
+
     def _channel(self, name: str) -> Optional[Channel]:
         channel = self.by_name.get(self.session.fold(name))
         return channel if channel is not None and channel.seats else None
@@ -551,53 +527,12 @@ class IrcChannels:
         self.schedule_rejoin(channel, delay)
 
     def on_too_many_channels(self, msg: Message) -> None:
-        """405: the server allows this connection no more channels. The channel's rooms go to another
-        connection of their identity; where there is none, or this connection is in no channel (the
-        channel cannot be joined on any), they fail with ``join_failed`` saying why (no retries)."""
-        params = msg.params
-        if len(params) < 2:
-            return
-        channel = self._channel(params[1])
-        if channel is None or channel.joined:
-            return
-        session = self.session
-        joined = sum(1 for c in self.by_name.values() if c.joined)
-        known = session.info.limit_for(channel.name)
-        limit = f"{known[1]} channels" if known is not None else f"{joined} channels (it said so with 405)"
-        detail = f"{channel.name}: the server allows one connection {limit}: {params[-1][:200]}"
-        if joined:
-            self.full_at = joined if self.full_at is None else min(self.full_at, joined)
-            moved = self._move_away(channel)
-            if moved:
-                for room, other in moved:
-                    log.warning("room %s: %s; moved to the connection %s", room.id, detail, other.label)
-                return
-        detail += ("; no other connection of this identity could be had" if joined else
-                   "; this connection is in no other channel, so no connection can join it")
-        channel.failed = detail
-        channel.cancel_timer()
-        for seat in channel.seats:
-            room = seat.room
-            log.warning("room %s: join refused (%s); not retrying", room.id, detail)
-            room.emit("error", code="join_failed", detail=detail)
-            room.set_state("failed", error=detail)
+        """405: this connection may join no more channels (``irc_limits.too_many_channels``)."""
+        too_many_channels(self, msg)
 
-    def _move_away(self, channel: Channel) -> list[tuple[RoomLink, Any]]:
-        """Every room of ``channel`` to another connection of its identity, with its queued lines
-        (``session.move_room``). Empty when no other connection could be had (nothing moved)."""
-        moved: list[tuple[RoomLink, Any]] = []
-        session = self.session
-        for seat in list(channel.seats):
-            other = session.other_connection(seat.room)
-            if other is None:
-                if moved:  # (the first found one: the pool makes one when none has room)
-                    continue
-                return []
-            lines = session.queue.remove(seat)
-            self._remove(seat)
-            session.move_room(seat.room, other, lines)
-            moved.append((seat.room, other))
-        return moved
+    def give_up(self, seat: Seat) -> None:
+        """The seat's room goes on on another connection: it leaves this one without a word."""
+        self._remove(seat)
 
     def on_privmsg(self, nick: str, folded: str, msg: Message) -> None:
         """A line from ``nick`` (folded: ``folded``; not us) to a channel of ours, or privately to us."""

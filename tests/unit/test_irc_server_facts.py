@@ -150,3 +150,41 @@ def test_accounts_are_tracked_from_joins_and_account_lines_only_with_both_caps()
     tracking.joined("bob", join, tracked=True)
     tracking.enable("account-notify", False)  # CAP DEL
     assert tracking.accounts == {}
+
+
+def test_rekey_splits_and_merges_channels_as_the_case_mapping_says():
+    """``irc_limits.rekey`` on real ``IrcChannels`` (a stand-in session: nothing here connects)."""
+    from types import SimpleNamespace
+
+    from frontend.chat.irc_channels import IrcChannels
+    from frontend.protocol import parse_spec
+
+    sent: list[bytes] = []
+    queue = SimpleNamespace(disable=lambda seat: None, enable=lambda seat: None, remove=lambda seat: [])
+    session = SimpleNamespace(fold=folder("rfc1459"), registered=True, queue=queue, label="t", nick="bot",
+                              send_urgent=sent.extend, identity=None)
+
+    class Room:
+        def __init__(self, rid: str, channel: str) -> None:
+            self.id, self.spec = rid, parse_spec({"protocol": "irc", "server": "h", "nick": "bot", "channel": channel})
+            self.states: list[str] = []
+
+        def set_state(self, state: str, error=None) -> None:
+            self.states.append(state)
+
+    channels = IrcChannels(session)
+    square, curly, other = Room("sq", "#a[x"), Room("cu", "#a{x"), Room("o", "#b")
+    for room in (square, curly, other):
+        channels.attach(room)
+    assert sorted(channels.by_name) == ["#a{x", "#b"] and len(channels.by_name["#a{x"].seats) == 2
+    sent.clear()
+    session.fold = folder("ascii")
+    channels.rekey()
+    assert sorted(channels.by_name) == ["#a[x", "#a{x", "#b"]
+    assert [s.room.id for s in channels.by_name["#a[x"].seats] == ["sq"]
+    assert [s.room.id for s in channels.by_name["#a{x"].seats] == ["cu"]
+    assert channels.seat_of(curly).place is channels.by_name["#a{x"]
+    assert sent == [b"JOIN #a{x\r\n"]  # the channel that split off is joined
+    session.fold = folder("rfc1459")
+    channels.rekey()  # and back: one channel again
+    assert sorted(channels.by_name) == ["#a{x", "#b"] and len(channels.by_name["#a{x"].seats) == 2
