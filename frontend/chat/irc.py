@@ -127,7 +127,7 @@ class IrcSession(SessionBase):
     __slots__ = ("channels", "registration", "delivery", "registered", "userhost_len", "index", "identity",
                  "info", "fold", "_nick", "_folded_nick", "_pace_events", "_urgent", "_sock", "_writer",
                  "_last_read", "_ping_sent_at", "_liveness", "_lost_reason", "facts", "_rehome",
-                 "_written", "_confirmed", "_first_write_at")
+                 "_written", "_confirmed", "_first_write_at", "_flood_seen")
 
     def __init__(self, spec: IrcSpec, *, settings: Settings, counters: Counters,
                  pace_connect: Callable[[str], None], index: int = 0, label: Optional[str] = None,
@@ -154,6 +154,7 @@ class IrcSession(SessionBase):
         self._written = 0    # room lines written on this connection
         self._confirmed = 0  # ... and confirmed by the server
         self._first_write_at = 0.0  # when the first of them was written (monotonic; 0.0: none yet)
+        self._flood_seen = False  # this connection was disconnected for flooding (learned from once)
         self._pace_events = pace_events
         self.channels = IrcChannels(self)
         self.registration: Optional[Registration] = None  # only while registering
@@ -365,6 +366,7 @@ class IrcSession(SessionBase):
             memory.watch(spec.server, self)
         self._written = self._confirmed = 0
         self._first_write_at = 0.0
+        self._flood_seen = False
         sock = socket.create_connection((spec.server, spec.port), timeout=self.settings.connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # our writes are batched already
         if spec.tls:
@@ -617,7 +619,8 @@ class IrcSession(SessionBase):
             self.registration.on_error(message)
         if self._lost_reason is None:
             self._lost_reason = "the server closed the link: " + cut(message)
-        if self.registered and flood_disconnect(message):
+        if self.registered and not self._flood_seen and flood_disconnect(message):
+            self._flood_seen = True  # once per connection, however many ERROR lines a server sends
             learn_flood(self, message)
 
     def on_cap(self, msg: Message) -> None:
