@@ -11,6 +11,8 @@ concept, with the server's lines dispatched to them by name from one table (``DI
     irc_format.py      outgoing lines within 512 bytes, case folding (per the server's CASEMAPPING)
     irc_isupport.py    what the server says of itself in 005: CHANLIMIT, MAXCHANNELS, CASEMAPPING
     irc_flood.py       which disconnects were for flooding (learned from: ``flood_memory``)
+    irc_limits.py      what those limits do to the connection: ISUPPORT applied, floods learned,
+                       rooms past a channel limit moved, channels re-keyed
     base.SessionBase   the reconnect loop with backoff, drop reporting, close with drain
 
 Greenlets per connection: ``main`` connects, registers and then blocks reading the socket (no Reactor
@@ -25,10 +27,10 @@ blocked ``recv``. A dropped connection reconnects with capped exponential backof
 then rejoins.
 
 Servers' limits: past a server's channel limit (ISUPPORT ``CHANLIMIT``/``MAXCHANNELS``, or the
-``405`` it answers a JOIN with) a room goes to the next connection of its identity (``rehome``, the
-pool's: connection ``k`` asks for the nick ``nick<k+1>``, see ``irc_format.connection_nick``); a
-disconnect for flooding lowers the server's rate and burst for every connection to it
-(``flood_memory``), and the lines it had not confirmed go out again at that rate.
+``405`` it answers a JOIN with) a room goes to the next connection of its identity (the pool's
+``other_session``: connection ``k`` asks for the nick ``nick<k+1>``, ``irc_format.connection_nick``);
+a disconnect for flooding lowers the server's rate and burst for every connection to it
+(``flood_memory``), and the lines it had not confirmed go out again at that rate (``irc_limits``).
 
 A server cannot hold the process: a line is at most ``irc_wire.MAX_LINE`` bytes (longer ones are
 dropped, counted in ``lines_too_long``, logged once a minute per connection), and the reader yields
