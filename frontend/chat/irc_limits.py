@@ -57,6 +57,8 @@ def learn_flood(session: Any, message: str) -> None:
         log.warning("irc %s: disconnected for flooding (flood_learn is off: nothing learned)", session.label)
         return
     written, confirmed, first = session.written
+    if session.delivery.mode == "write":  # irc_ack = "write": "delivered" means written, not accepted
+        confirmed = 0
     current = None if bucket is None else (bucket.rate, bucket.burst)
     # pacing: more lines than the burst, over longer than a full burst takes to refill
     paced = bucket is not None and written > bucket.burst and bool(first) and (

@@ -188,3 +188,23 @@ def test_rekey_splits_and_merges_channels_as_the_case_mapping_says():
     session.fold = folder("rfc1459")
     channels.rekey()  # and back: one channel again
     assert sorted(channels.by_name) == ["#a{x", "#b"] and len(channels.by_name["#a{x"].seats) == 2
+
+
+def test_learning_counts_only_what_the_server_confirmed():
+    """``irc_limits.learn_flood`` on a stand-in session: with ``irc_ack = "write"`` a written line
+    says nothing of what the server took, so the burst starts from one."""
+    from types import SimpleNamespace
+
+    from frontend.chat.irc_limits import learn_flood
+    from frontend.config import Settings
+    from frontend.flood_memory import FloodMemory
+    from frontend.keys import Keys
+
+    for mode, burst in (("pong", 9), ("write", 1)):
+        memory = FloodMemory(None, Keys())
+        session = SimpleNamespace(flood_memory=memory, spec=SimpleNamespace(server="irc.test"), label="t",
+                                  queue=SimpleNamespace(bucket=None), written=(100, 18, 1.0), retry_soon=False,
+                                  delivery=SimpleNamespace(mode=mode), settings=Settings(frontend_id="x"))
+        learn_flood(session, "Closing link: (u@h) [Excess Flood]")
+        assert (memory.get("irc.test").rate, memory.get("irc.test").burst) == (1.0, burst)
+        assert session.retry_soon
