@@ -166,7 +166,7 @@ class BaseBackend(Router):
         self._run_steps: Callable[[Steps[Any]], Any] = self._no_shell
         #: counters, for logs and tests
         self.stats = {"handled": 0, "failed": 0, "retried": 0, "dead": 0, "requeued": 0, "refused": 0,
-                      "recovery_passes": 0}
+                      "recovery_passes": 0, "denied": 0}
 
     @staticmethod
     def _no_shell(steps: Steps[Any]) -> Any:
@@ -276,6 +276,11 @@ class BaseBackend(Router):
         event, raw = delivery.event, delivery.raw
         self._observe(event)
         for handler, delivered in self.plan(event, self.nicks(event.room)):
+            if handler.denial:  # a restricted command from a sender it does not admit: answered, not run
+                self.stats["denied"] += 1
+                log.info("room %s: refused %s to %r (account %r): not an allowed account", event.room,
+                         getattr(delivered, "command", None), getattr(event, "sender", None),
+                         getattr(event, "account", None) or getattr(event, "jid", None))
             attempts = self._attempts(handler)
             for attempt in range(1, attempts + 1):
                 error = yield Run(handler, delivered, attempt, attempts)

@@ -24,6 +24,8 @@ from frontend.protocol import MAX_ID_LEN
 from .errors import DecodeError, NotBoundError
 
 _FROZEN = {"frozen": True, "slots": True, "kw_only": True}
+#: the longest bare JID (RFC 7622: 1023 bytes for each of the local part and the domain)
+MAX_JID_LEN = 2047
 
 
 @dataclass(**_FROZEN)
@@ -68,6 +70,9 @@ class Event:
         for key in ("type", "room", "event_id"):
             if len(obj.get(key) or "") > MAX_ID_LEN:
                 raise DecodeError(f"event field {key!r} is longer than {MAX_ID_LEN} characters")
+        for key, limit in (("account", MAX_ID_LEN), ("msgid", MAX_ID_LEN), ("jid", MAX_JID_LEN)):
+            if key in kwargs and len(kwargs[key] or "") > limit:  # (type-checked above)
+                raise DecodeError(f"event field {key!r} is longer than {limit} characters")
         try:
             kwargs["ts"] = float(kwargs.get("ts") or 0.0)
         except (TypeError, ValueError, OverflowError):
@@ -115,12 +120,21 @@ class Message(Event):
     Routing fills ``command``/``args``/``arg_text`` for ``@bot.command`` handlers (``!deploy web prod``
     gives ``command="deploy"``, ``args=("web", "prod")``, ``arg_text="web prod"``) and ``match`` for
     ``@bot.match`` handlers.
+
+    Who sent it, where the chat server says (PROTOCOL.md): ``account`` is the sender's services
+    account on IRC (IRCv3; ``None`` when not logged in or unknown: a nick alone is no identity),
+    ``jid`` the sender's real bare JID on XMPP where the room shows it; ``msgid`` and ``server_ts``
+    (unix seconds) are the server's id and time of the line, where it gives them.
     """
 
     TYPE: ClassVar[str] = "message"
     sender: str = field(default="", metadata={"json": "from"})
     text: str = ""
     private: bool = False
+    account: str | None = None
+    jid: str | None = None
+    msgid: str | None = None
+    server_ts: float | None = None
     command: str | None = None
     args: tuple[str, ...] = ()
     arg_text: str = ""
@@ -157,6 +171,9 @@ class UserJoined(Event):
 
     TYPE: ClassVar[str] = "user_joined"
     nick: str = ""
+    #: their services account (IRC, IRCv3) or real bare JID (XMPP), where the server says
+    account: str | None = None
+    jid: str | None = None
 
 
 @dataclass(**_FROZEN)
@@ -215,6 +232,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "str | None": (str, type(None)), "bool": (bool,),
     "str | int | None": (str, int, type(None)), "float": (int, float, str, type(None)),
+    "float | None": (int, float, type(None)),
 }
 _FIELDS: dict[type, tuple[tuple[str, str, tuple[type, ...]], ...]] = {}
 #: filled by routing, never by the item

@@ -5,6 +5,11 @@ Every handler takes one argument, the event. Command handlers get a ``Message`` 
 are filled; regex handlers get one whose ``match`` is the ``re.Match``. A command is a message that
 starts with one of ``prefixes`` (default ``"!"``), or addresses the bot (``botnick: deploy web``), or
 any private message. Lines sent by the bot itself are never dispatched (no loops).
+
+``@command(name, accounts={"alice"})`` runs only for senders whose identity the chat server vouches
+for: the IRC services account (``event.account``, IRCv3) or, on XMPP, the real bare JID
+(``event.jid``), compared case-insensitively; a nick is never enough (anyone can take one). Anyone
+else gets a reply saying so (``denial_text``) and the handler does not run.
 """
 
 from __future__ import annotations
@@ -34,6 +39,17 @@ class Handler:
     pattern: re.Pattern[str] | None = None
     filters: dict[str, Filter] = field(default_factory=dict)
     retries: int | None = None  # None: the backend's default
+    #: the identities (folded: ``identity_key``) allowed to run this command; None: anyone
+    accounts: frozenset[str] | None = None
+    #: the built-in handler that answers a refused command (``Router.denied``)
+    denial: bool = False
+
+    def admits(self, event: Event) -> bool:
+        """True when ``accounts`` allows the event's sender (IRC account, or XMPP real JID)."""
+        if self.accounts is None:
+            return True
+        who = sender_identity(event)
+        return who is not None and identity_key(who) in self.accounts
 
     @property
     def summary(self) -> str:
@@ -49,6 +65,20 @@ class Handler:
             if wanted is not None and (value != wanted if isinstance(wanted, str) else value not in wanted):
                 return False
         return True
+
+
+_RFC1459 = str.maketrans("[]\\~", "{}|^")
+
+
+def identity_key(name: str) -> str:
+    """An account name or bare JID as compared: case-insensitive (IRC's RFC 1459 folding too)."""
+    return name.translate(_RFC1459).casefold()
+
+
+def sender_identity(event: Event) -> str | None:
+    """Who the chat server says sent ``event``: its services account (IRC) or real bare JID (XMPP);
+    None when it does not say (not logged in, an anonymous room, an older frontend)."""
+    return getattr(event, "account", None) or (getattr(event, "jid", None) if event.protocol == "xmpp" else None)
 
 
 def _split_args(text: str) -> tuple[str, ...]:
@@ -82,16 +112,25 @@ class Router:
         return self._register(types, tenant=tenant, protocol=protocol, room=room, retries=retries)
 
     def command(self, name: str, *, aliases: Iterable[str] = (), tenant: Filter = None,
-                protocol: Filter = None, room: Filter = None, retries: int | None = None) -> Callable[[F], F]:
+                protocol: Filter = None, room: Filter = None, retries: int | None = None,
+                accounts: Iterable[str] | None = None) -> Callable[[F], F]:
         """Handle ``!name args...`` (and ``botnick: name args...``, and private ``name args...``).
 
-        The first docstring line of the handler is its ``!help`` text.
+        ``accounts``: only these services accounts (IRC; XMPP: real bare JIDs) may run it; others
+        get a reply saying they may not. The first docstring line of the handler is its ``!help`` text.
         """
         if not name or any(c.isspace() for c in name):
             raise ValueError(f"a command name is one word, not {name!r}")
+        allowed = None
+        if accounts is not None:
+            if isinstance(accounts, str):
+                raise TypeError("accounts is a collection of names, e.g. accounts={'alice'}")
+            allowed = frozenset(identity_key(a) for a in accounts)
+            if not all(allowed):
+                raise ValueError("an account name is not empty")
         return self._register(("message",), command=name.lower(),
                               aliases=tuple(a.lower() for a in aliases), tenant=tenant,
-                              protocol=protocol, room=room, retries=retries)
+                              protocol=protocol, room=room, retries=retries, accounts=allowed)
 
     def match(self, pattern: str | re.Pattern[str], *, flags: int = 0, tenant: Filter = None,
               protocol: Filter = None, room: Filter = None, retries: int | None = None) -> Callable[[F], F]:
@@ -157,7 +196,7 @@ class Router:
             if handler.command is not None:
                 if parsed and (parsed[0] == handler.command or parsed[0] in handler.aliases):
                     command_found = True
-                    yield handler, dataclasses.replace(
+                    yield handler if handler.admits(event) else self._denial(handler), dataclasses.replace(
                         event, command=parsed[0], arg_text=parsed[1], args=_split_args(parsed[1]))
             elif handler.pattern is not None:
                 m = handler.pattern.search(event.text) if isinstance(event, Message) else None
@@ -181,9 +220,29 @@ class Router:
                 if wanted == h.command or wanted in h.aliases:
                     return f"{prefix}{h.command}: {inspect.getdoc(h.func) or 'no description'}"
             return f"unknown command {name!r}; {prefix}{self._help_command} lists them"
-        lines = [f"{prefix}{h.command}" + (f" - {h.summary}" if h.summary else "") for h in commands]
+        lines = [f"{prefix}{h.command}" + (f" - {h.summary}" if h.summary else "")
+                 + (" (some accounts only)" if h.accounts is not None else "") for h in commands]
         lines.append(f"{prefix}{self._help_command} [command] - list the commands, or describe one")
         return "\n".join(lines)
+
+    def denial_text(self, event: Message) -> str:
+        """What a sender hears when ``accounts`` refuses them a command."""
+        prefix = self.prefixes[0] if self.prefixes else ""
+        who = sender_identity(event)
+        if who is None:
+            why = ("I cannot tell who you are: log in to the network's services (NickServ) first"
+                   if event.protocol != "xmpp" else "this room does not show me who you are")
+            return f"{prefix}{event.command} is for some accounts only, and {why}"
+        return f"{prefix}{event.command} is for some accounts only, and {who} is not one of them"
+
+    def _denial(self, handler: Handler) -> Handler:
+        """The built-in handler that answers, in the place of ``handler``, a sender it refuses."""
+        def denied(event: Message) -> Any:
+            """Refuse a restricted command."""
+            return event.reply(self.denial_text(event))
+
+        return Handler(func=denied, name="backend_sdk.denied", types=frozenset({"message"}),
+                       command=handler.command, aliases=handler.aliases, retries=0, denial=True)
 
     def _help_handler(self) -> Handler:
         def builtin_help(event: Message) -> Any:

@@ -78,6 +78,11 @@ class Outcome:
         return [c["text"] for c in self.commands if c["type"] in ("say", "action")]
 
     @property
+    def denied(self) -> bool:
+        """True when a restricted command (``accounts=``) was refused to the sender (and answered)."""
+        return any(c.handler == "backend_sdk.denied" for c in self.calls)
+
+    @property
     def handlers(self) -> list[str]:
         """The handlers that ran (once each, however many attempts), by name."""
         return [c.handler for c in self.calls if c.attempt == 1]
@@ -129,10 +134,11 @@ class TestClient:
 
     # -------------------------------------------------------------------------------------- events
     def message(self, text: str, *, room: str = "r1", sender: str = "alice", private: bool = False,
-                **fields: Any) -> Outcome:
-        """A ``message`` event as a frontend sends it (``from`` is ``sender``), handled to the end."""
-        return self.event("message", room=room, **{"from": sender, "text": text, "private": private},
-                          **fields)
+                account: str | None = None, **fields: Any) -> Outcome:
+        """A ``message`` event as a frontend sends it (``from`` is ``sender``; ``account`` the services
+        account the server vouches for, None: not logged in), handled to the end."""
+        return self.event("message", room=room, **{"from": sender, "text": text, "private": private,
+                                                   "account": account}, **fields)
 
     def event(self, type: str, *, room: str = "r1", protocol: str = "irc", tenant: str | None = None,
               **fields: Any) -> Outcome:
@@ -150,10 +156,10 @@ class TestClient:
         return outcome
 
     async def amessage(self, text: str, *, room: str = "r1", sender: str = "alice",
-                       private: bool = False, **fields: Any) -> Outcome:
+                       private: bool = False, account: str | None = None, **fields: Any) -> Outcome:
         """``message()`` for a test that runs in an event loop."""
-        return await self.aevent("message", room=room,
-                                 **{"from": sender, "text": text, "private": private}, **fields)
+        return await self.aevent("message", room=room, **{"from": sender, "text": text, "private": private,
+                                                          "account": account}, **fields)
 
     async def aevent(self, type: str, *, room: str = "r1", protocol: str = "irc",
                      tenant: str | None = None, **fields: Any) -> Outcome:

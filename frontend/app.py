@@ -99,7 +99,7 @@ class Frontend:
         #: open while this frontend's lease is surely valid: sessions send no room line while closed
         self.gate = SpeakGate(open=False)
         self.sessions = SessionPool(settings, counters=counters, pace_events=self.outbox.wait_for_room,
-                                    gate=self.gate)
+                                    gate=self.gate, redis_client=self.redis)
         self.tenants = TenantTable(self.redis, keys)
         sealer = sealer_from_settings(settings)  # raises ConfigError for a bad key (never shown)
         self.room_context = RoomContext(

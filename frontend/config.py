@@ -100,6 +100,17 @@ class Settings:
     #: default flood control for IRC: a burst of lines, then `flood_rate` lines per second
     flood_burst: int = 5
     flood_rate: float = 0.5
+    # ---- flood control that learns (frontend/flood_memory.py, README "Flood control that learns") ----
+    #: learn from flood disconnects (Excess Flood, SendQ/RecvQ exceeded, a kill that says so): the
+    #: server's rate and burst go down for every connection to it, kept in Redis (`servers:flood`)
+    flood_learn: bool = True
+    #: lines/s a connection without flood control (`"flood": false`, or flood_rate 0) falls back to
+    #: after its first flood disconnect
+    flood_learn_rate: float = 1.0
+    #: a learned rate never goes below this, so a connection always makes progress
+    flood_learn_min_rate: float = 0.05
+    #: seconds without a flood disconnect after which a learned rate is probed 10 % higher (0: never)
+    flood_probe_after: float = 3600.0
     #: unsent lines kept per room; past it the oldest are dropped with an error `flood_dropped`
     room_queue_max: int = 1000
     #: a say/action older than this many seconds when its turn comes is dropped as `stale`
@@ -232,6 +243,8 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
             raise ConfigError(f"{name} must be at least 1")
     if settings.max_item_bytes < settings.max_text_bytes:
         raise ConfigError("max_item_bytes must not be below max_text_bytes")
+    if not 0.0 < settings.flood_learn_min_rate <= settings.flood_learn_rate:
+        raise ConfigError("flood_learn_min_rate must be above 0 and at most flood_learn_rate")
     if not 0.0 <= settings.ready_share <= 1.0:
         raise ConfigError("ready_share must be between 0 and 1")
     for name in ("metrics_addr", "web_addr"):

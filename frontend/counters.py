@@ -11,6 +11,8 @@ latency histograms are ``FastHistogram``s (a bisect and two adds). Names, with `
   ``lines_too_long`` (IRC lines over 8 KiB + 512 B, dropped), ``stanzas_too_big`` (XMPP streams
   dropped for a stanza over 1 MiB), ``members_untracked`` (channel members / MUC occupants past the
   tracking bounds), ``dm_dropped`` (private messages on a connection shared across tenants)
+- ``flood_kills:<server>`` (flood disconnects learned from) and the gauge ``flood_rate:<server>``
+  (the learned rate, lines/s: a float, set rather than counted; ``flood_memory``)
 - ``loop_crashes:<service>`` (a supervised loop died and was restarted), ``room_crashes``
 - ``log_suppressed`` (repeated warnings folded into a count)
 """

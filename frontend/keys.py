@@ -162,6 +162,12 @@ class Keys:
         """Set of a registered tenant's rooms, over every frontend (its ``max_rooms``)."""
         return self.tenant(name) + "rooms"
 
+    # ------------------------------------------------------------------------------ chat servers
+    @property
+    def servers_flood(self) -> str:
+        """Hash server host -> the flood limits learned from it (``frontend/flood_memory.py``)."""
+        return self.prefix + "servers:flood"
+
     def events(self, name: str = EVENTS_DEFAULT) -> "EventKeys":
         """The keys of the events list ``name`` (``messages`` or ``messages.<name>``)."""
         return EventKeys(self.prefix, name)

@@ -121,6 +121,12 @@ class FrontendCollector:
         yield _labelled(CounterMetricFamily, "greenroom_loop_crashes",
                         "Background loops that died and were restarted", "loop",
                         counters.labelled("loop_crashes", ("incoming", "outgoing")))
+        yield _labelled(CounterMetricFamily, "greenroom_flood_kills",
+                        "Disconnects for flooding that lowered a server's learned flood limits", "server",
+                        counters.labelled("flood_kills"))
+        yield _labelled(GaugeMetricFamily, "greenroom_flood_rate",
+                        "The learned flood rate of a server (lines per second), where one was learned",
+                        "server", counters.labelled("flood_rate"))
         yield CounterMetricFamily("greenroom_room_crashes", "Room greenlets that died and were restarted",
                                   stats.get("room_crashes", 0))
         yield CounterMetricFamily("greenroom_log_suppressed",

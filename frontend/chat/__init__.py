@@ -17,7 +17,8 @@ use, so slixmpp and asyncio load only in processes that have an XMPP room.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Mapping
 
 from .base import ChatSession, SessionFactory
 
@@ -28,8 +29,10 @@ def _xmpp(*args: Any, **kwargs: Any) -> ChatSession:
     return XmppSession(*args, **kwargs)
 
 
-def default_factories() -> dict[str, SessionFactory]:
-    """protocol -> the factory of its sessions (``factory(spec, settings=, counters=, ...)``)."""
+def default_factories(irc: Mapping[str, Any] | None = None) -> dict[str, SessionFactory]:
+    """protocol -> the factory of its sessions (``factory(spec, settings=, counters=, ...)``);
+    ``irc``: keyword arguments every IRC session gets besides (the pool's flood memory, server facts
+    and rehoming)."""
     from .irc import IrcSession
 
-    return {"irc": IrcSession, "xmpp": _xmpp}
+    return {"irc": functools.partial(IrcSession, **irc) if irc else IrcSession, "xmpp": _xmpp}

@@ -23,6 +23,7 @@ import gevent.event
 
 from ..config import Settings
 from ..counters import Counters
+from ..flood_memory import FloodMemory, Learned, effective
 from ..pacing import Backoff, TokenBucket
 from ..protocol import Command, Flood, Spec
 from .sendqueue import OutLine, SendQueue, report_drop
@@ -35,6 +36,9 @@ class RoomLink(Protocol):
 
     id: str
     spec: Spec
+    #: the session the room's commands go to: a session may hand the room to another session of the
+    #: pool (``IrcSession.move_room``: past a server's channel limit)
+    session: Any
 
     def emit(self, type: str, **fields: Any) -> None:
         """Queue an event of this room for Redis (adds room, protocol, tenant, ts, event_id)."""
@@ -185,20 +189,26 @@ class SessionBase(ChatSession):
     ``_wake_writer()``. Its ``__init__`` calls ``SessionBase.__init__`` and then ``_start()``.
     """
 
-    __slots__ = ("spec", "settings", "counters", "label", "gate", "queue", "connected_at",
-                 "_pace_connect", "_closing", "_drained", "_main", "_failure", "_told", "__weakref__")
+    __slots__ = ("spec", "settings", "counters", "label", "gate", "queue", "connected_at", "flood_memory",
+                 "_pace_connect", "_closing", "_drained", "_main", "_retry_soon", "_failure", "_told",
+                 "__weakref__")
     #: whether the configured flood control (``flood_rate``/``flood_burst``) applies to a spec
     #: without ``flood`` (IRC) or only a spec's own ``flood`` does (XMPP)
     flood_by_default: ClassVar[bool] = True
 
     def __init__(self, spec: Spec, *, settings: Settings, counters: Counters,
                  pace_connect: Callable[[str], None], label: str, gate: SpeakGate | None = None,
-                 on_wake: Callable[[], None] | None = None) -> None:
+                 on_wake: Callable[[], None] | None = None, flood_memory: FloodMemory | None = None) -> None:
         self.spec = spec
         self.settings = settings
         self.counters = counters
         self.label = label  # for logs: server:port/identity, never a secret
         self.gate = gate if gate is not None else OPEN
+        #: the flood limits learned of each server (None: none are learned or applied, e.g. XMPP)
+        self.flood_memory = flood_memory if settings.flood_learn else None
+        #: set by a subclass when the connection that ended had made progress although the server
+        #: dropped it (a flood disconnect it learned from): the next connect comes after the shortest delay
+        self._retry_soon = False
         bucket = self._make_bucket(spec.flood, self._server(), default_on=self.flood_by_default)
         self.queue = SendQueue(bucket, settings.room_queue_max, self._dropped, on_wake=on_wake)
         self.connected_at = 0.0  # when the current connection became usable (0.0: it is not)
@@ -237,7 +247,7 @@ class SessionBase(ChatSession):
         server = self._server()
         names = ("flood_rate", "flood_burst")
         if [settings.for_server(server, n) for n in names] != [old.for_server(server, n) for n in names]:
-            self.queue.bucket = self._make_bucket(None, server, default_on=True)
+            self._rebuild_bucket()
 
     def close(self, reason: str, timeout: float = 2.0) -> None:
         """Send what joined rooms queued (within ``timeout``), say goodbye, stop the main greenlet."""
@@ -306,15 +316,41 @@ class SessionBase(ChatSession):
             self._wake_writer()
             self._drained.wait(max(0.0, deadline - time.monotonic()))
 
-    def _make_bucket(self, flood: Flood | bool | None, server: str, *, default_on: bool) -> TokenBucket | None:
-        """The token bucket for a spec's ``flood``: its own, none, or the configured default."""
+    def _own_flood(self, flood: Flood | bool | None, server: str, *, default_on: bool) -> tuple[float, float] | None:
+        """``(rate, burst)`` of a spec's ``flood``: its own, none, or the configured default."""
         if flood is False or (flood is None and not default_on):
             return None
         if isinstance(flood, Flood):
-            return TokenBucket(flood.rate, flood.burst)
+            return flood.rate, float(flood.burst)
         rate = self.settings.for_server(server, "flood_rate")
         burst = self.settings.for_server(server, "flood_burst")
-        return TokenBucket(rate, burst) if rate > 0 else None
+        return (rate, float(burst)) if rate > 0 else None
+
+    def _make_bucket(self, flood: Flood | bool | None, server: str, *, default_on: bool,
+                     load: bool = False) -> TokenBucket | None:
+        """The token bucket for a spec's ``flood`` (its own, none, or the configured default), lowered
+        by what was learned of the server (``flood_memory``), which also applies where there is none.
+        ``load``: the memory may read Redis first (at connect time, never on a room's call)."""
+        own = self._own_flood(flood, server, default_on=default_on)
+        memory = self.flood_memory
+        limits = effective(own, memory.get(server, load=load)) if memory is not None else own
+        return TokenBucket(limits[0], limits[1]) if limits is not None else None
+
+    def _rebuild_bucket(self, *, load: bool = False, fresh: bool = False) -> None:
+        """The bucket again from the spec, the settings and what was learned of the server; the
+        tokens left carry over (never more than the new burst), so a change never adds a burst
+        (``fresh``: a new connection, a full bucket)."""
+        old = self.queue.bucket
+        bucket = self._make_bucket(self.spec.flood, self._server(), default_on=self.flood_by_default, load=load)
+        if bucket is not None and old is not None and not fresh:
+            bucket._tokens = min(bucket.burst, float(old.available))
+        self.queue.bucket = bucket
+        if self.queue.has_ready():
+            self._wake_writer()
+
+    def flood_changed(self, learned: Learned) -> None:
+        """``flood_memory``: what was learned of this session's server changed (here or elsewhere)."""
+        self._rebuild_bucket()
 
     def _run(self) -> None:
         """The main greenlet: connect, serve, and after any failure back off and connect again."""
@@ -347,10 +383,12 @@ class SessionBase(ChatSession):
                 break
             if self.connected_at:  # it was usable: a lost connection, not a failed join
                 self._told.clear()
-                if time.monotonic() - self.connected_at > self.settings.reconnect_reset_after:
-                    backoff.reset()
             else:
                 self._tell_join_failed(reason)
+            if self._retry_soon or (self.connected_at and
+                                    time.monotonic() - self.connected_at > self.settings.reconnect_reset_after):
+                backoff.reset()  # a flood kill retries soon, at the learned (slower) rate
+                self._retry_soon = False
             delay = _next_delay(backoff, permanent)
             self.counters["chat_reconnects:" + protocol] += 1
             log.warning("%s %s: %s; reconnecting in %.1fs", protocol, self.label, reason, delay)

@@ -4,10 +4,15 @@ concept, with the server's lines dispatched to them by name from one table (``DI
     IrcSession         (this file) the socket: connect, read, write, liveness; the table
       Registration     irc_registration.py: PASS/NICK/USER, CAP, SASL, nick fallbacks (until 001)
       IrcChannels      irc_channels.py: channels, the rooms on each, members, joins, channel events
+      Identity         irc_identity.py: IRCv3 accounts, server time, msgid (only where negotiated)
       DeliveryTracker  irc_delivery.py: when a written line counts as delivered (echo, PONG, write)
       SendQueue        sendqueue.py: the rooms' lines, fair and flood-controlled
     irc_wire.py        bounded lines out of the byte stream, and the line parser (IRCv3 tags)
-    irc_format.py      outgoing lines within 512 bytes, case folding
+    irc_format.py      outgoing lines within 512 bytes, case folding (per the server's CASEMAPPING)
+    irc_isupport.py    what the server says of itself in 005: CHANLIMIT, MAXCHANNELS, CASEMAPPING
+    irc_flood.py       which disconnects were for flooding (learned from: ``flood_memory``)
+    irc_limits.py      what those limits do to the connection: ISUPPORT applied, floods learned,
+                       rooms past a channel limit moved, channels re-keyed
     base.SessionBase   the reconnect loop with backoff, drop reporting, close with drain
 
 Greenlets per connection: ``main`` connects, registers and then blocks reading the socket (no Reactor
@@ -20,6 +25,12 @@ per connection: registration must finish within ``connect_timeout``, a connectio
 ``ping_interval`` gets a PING, and one still silent ``ping_timeout`` later is shut down, which ends the
 blocked ``recv``. A dropped connection reconnects with capped exponential backoff and full jitter,
 then rejoins.
+
+Servers' limits: past a server's channel limit (ISUPPORT ``CHANLIMIT``/``MAXCHANNELS``, or the
+``405`` it answers a JOIN with) a room goes to the next connection of its identity (the pool's
+``other_session``: connection ``k`` asks for the nick ``nick<k+1>``, ``irc_format.connection_nick``);
+a disconnect for flooding lowers the server's rate and burst for every connection to it
+(``flood_memory``), and the lines it had not confirmed go out again at that rate (``irc_limits``).
 
 A server cannot hold the process: a line is at most ``irc_wire.MAX_LINE`` bytes (longer ones are
 dropped, counted in ``lines_too_long``, logged once a minute per connection), and the reader yields
@@ -40,6 +51,7 @@ from gevent import GreenletExit
 
 from ..config import Settings
 from ..counters import Counters
+from ..flood_memory import FloodMemory
 from ..logs import Throttle
 from ..protocol import Command, IrcSpec, Spec
 from ..text import assert_safe_line
@@ -47,8 +59,12 @@ from . import tls
 from .base import ConnectionLost, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate, give_turn
 from .irc_channels import IrcChannels
 from .irc_delivery import DeliveryTracker
-from .irc_format import (fold, message_lines, pong_line, prefix_len, reason_line, topic_line,
+from .irc_flood import flood_disconnect
+from .irc_format import (fold, folder, message_lines, pong_line, prefix_len, reason_line, topic_line,
                          valid_server_nick)
+from .irc_identity import Identity
+from .irc_isupport import ServerFacts, ServerInfo
+from .irc_limits import apply_isupport, cut, learn_flood
 from .irc_registration import Registration
 from .irc_wire import MAX_LINE, LineReader, Message, commands_named, parse
 from .sendqueue import OutLine, queue_command, report_unsent
@@ -110,17 +126,37 @@ class IrcSession(SessionBase):
     protocol = "irc"
     flood_by_default = True
     # thousands of these live in one process: no per-instance __dict__
-    __slots__ = ("channels", "registration", "delivery", "registered", "userhost_len", "_nick",
-                 "_folded_nick", "_pace_events", "_urgent", "_sock", "_writer", "_last_read",
-                 "_ping_sent_at", "_liveness", "_lost_reason")
+    __slots__ = ("channels", "registration", "delivery", "registered", "userhost_len", "index", "identity",
+                 "info", "fold", "_nick", "_folded_nick", "_pace_events", "_urgent", "_sock", "_writer",
+                 "_last_read", "_ping_sent_at", "_liveness", "_lost_reason", "facts", "_rehome",
+                 "_written", "_confirmed", "_first_write_at", "_flood_seen")
 
     def __init__(self, spec: IrcSpec, *, settings: Settings, counters: Counters,
                  pace_connect: Callable[[str], None], index: int = 0, label: Optional[str] = None,
-                 pace_events: Optional[Callable[[], None]] = None, gate: Optional[SpeakGate] = None) -> None:
+                 pace_events: Optional[Callable[[], None]] = None, gate: Optional[SpeakGate] = None,
+                 flood_memory: Optional[FloodMemory] = None, facts: Optional[ServerFacts] = None,
+                 rehome: Optional[Callable[[RoomLink, "IrcSession"], Optional["IrcSession"]]] = None) -> None:
         suffix = f"#{index}" if index else ""
         super().__init__(spec, settings=settings, counters=counters, pace_connect=pace_connect,
                          label=label or f"{spec.server}:{spec.port}/{spec.nick}{suffix}", gate=gate,
-                         on_wake=self._start_writer)
+                         on_wake=self._start_writer, flood_memory=flood_memory)
+        #: this connection's place among the connections of one identity (0: the first)
+        self.index = index
+        #: what the pool's connections heard of each server (ISUPPORT)
+        self.facts = facts
+        #: the pool's: another connection of a room's identity (past a server's channel limit)
+        self._rehome = rehome
+        known = facts.get(spec.server) if facts is not None else None
+        #: what the server said of itself (ISUPPORT); until it does, what another connection heard
+        self.info = known.copy() if known is not None else ServerInfo()
+        #: how this server compares nicks and channel names (its CASEMAPPING; RFC 1459 by default)
+        self.fold = folder(self.info.casemapping)
+        #: IRCv3 accounts, server time and msgid: made only where the server acknowledged them
+        self.identity: Optional[Identity] = None
+        self._written = 0    # room lines written on this connection
+        self._confirmed = 0  # ... and confirmed by the server
+        self._first_write_at = 0.0  # when the first of them was written (monotonic; 0.0: none yet)
+        self._flood_seen = False  # this connection was disconnected for flooding (learned from once)
         self._pace_events = pace_events
         self.channels = IrcChannels(self)
         self.registration: Optional[Registration] = None  # only while registering
@@ -148,11 +184,20 @@ class IrcSession(SessionBase):
         return self._sock is not None
 
     def accepts(self, spec: Spec) -> bool:
-        """A room on a channel already here, or a new channel within ``channels_per_connection``."""
+        """A room on a channel already here, or a new channel within ``channels_per_connection`` and
+        the server's channel limit (its ISUPPORT ``CHANLIMIT``/``MAXCHANNELS``; where it said none,
+        the number of channels it had let us join when it refused one with ``405``)."""
         channels = self.channels
+        name = spec.channel  # type: ignore[union-attr]
+        if self.fold(name) in channels.by_name:
+            return True
         limit = self.settings.channels_per_connection
-        return (not limit or len(channels) < limit
-                or fold(spec.channel) in channels.by_name)  # type: ignore[union-attr]
+        if limit and len(channels) >= limit:
+            return False
+        if channels.full_at is not None and len(channels) >= channels.full_at:
+            return False
+        known = self.info.limit_for(name)
+        return known is None or channels.count(known[0]) < known[1]
 
     def attach(self, room: RoomLink) -> None:
         self.channels.attach(room)
@@ -205,14 +250,14 @@ class IrcSession(SessionBase):
 
     @nick.setter
     def nick(self, value: str) -> None:
-        self._nick, self._folded_nick = value, fold(value)
+        self._nick, self._folded_nick = value, self.fold(value)
 
     @property
     def folded_nick(self) -> str:
         return self._folded_nick
 
     def is_me(self, nick: Optional[str]) -> bool:
-        return nick is not None and fold(nick) == self._folded_nick
+        return nick is not None and self.fold(nick) == self._folded_nick
 
     def saw_own_source(self, source: str, nick: str) -> None:
         """Our own JOIN showed ``nick!user@host``: remember how long the server's prefix is."""
@@ -241,6 +286,42 @@ class IrcSession(SessionBase):
         """Queue protocol lines ahead of the rooms' lines, outside flood control and the speak gate."""
         self._urgent.extend(lines)
         self._wake_writer()
+
+    def cap_acked(self, cap: str) -> None:
+        """Registration: the server acknowledged an identity capability (``irc_identity``)."""
+        if self.identity is None:
+            self.identity = Identity()
+        self.identity.enable(cap)
+
+    def other_connection(self, room: RoomLink) -> Optional["IrcSession"]:
+        """Another connection of ``room``'s identity that takes its channel (the pool finds or opens
+        it); None when there is none to be had."""
+        if self._rehome is None:
+            return None
+        return self._rehome(room, self)
+
+    @property
+    def written(self) -> tuple[int, int, float]:
+        """Room lines written on this connection, those the server confirmed, when the first went."""
+        return self._written, self._confirmed, self._first_write_at
+
+    @property
+    def retry_soon(self) -> bool:
+        return self._retry_soon
+
+    @retry_soon.setter
+    def retry_soon(self, value: bool) -> None:
+        """The connection that ends made progress although the server dropped it: reconnect soon."""
+        self._retry_soon = value
+
+    def adopt(self, room: RoomLink, lines: list[OutLine]) -> None:
+        """Lines a room had queued on another connection, in order, ahead of what it sends from now."""
+        seat = self.channels.seat_of(room)
+        if seat is None:
+            report_unsent(room, lines)
+            return
+        if lines:
+            self.queue.put_front([(seat, line) for line in lines])
 
     # ------------------------------------------------------------------------- SessionBase hooks
     def _rooms(self) -> Iterable[RoomLink]:
@@ -281,6 +362,13 @@ class IrcSession(SessionBase):
 
     def _connect(self) -> None:
         spec: IrcSpec = self.spec  # type: ignore[assignment]
+        memory = self.flood_memory
+        if memory is not None:  # what every connection to the server learned: a fresh bucket of it
+            self._rebuild_bucket(load=True, fresh=True)
+            memory.watch(spec.server, self)
+        self._written = self._confirmed = 0
+        self._first_write_at = 0.0
+        self._flood_seen = False
         # shared and cached per (tls_ca, tls_verify); TlsSetupFailed says why a tls_ca cannot be used
         context = tls.client_context(spec.tls_ca, spec.tls_verify) if spec.tls else None
         timeout = self.settings.connect_timeout
@@ -313,6 +401,7 @@ class IrcSession(SessionBase):
         sock, self._sock = self._sock, None
         self.registered = False
         self.registration = None
+        self.identity = None
         self._stop_liveness()
         unconfirmed = self.delivery.reset()
         if unconfirmed:  # written but never confirmed: send again after reconnecting
@@ -442,6 +531,10 @@ class IrcSession(SessionBase):
                 if self._urgent:
                     data, self._urgent = self._urgent, []
                 taken, wait = queue.take(WRITE_BATCH) if self.registered and gate.open else ([], 0.0)
+                if taken:
+                    if not self._written:
+                        self._first_write_at = time.monotonic()
+                    self._written += len(taken)
                 for _, line in taken:
                     if line.data is not None:  # None: a barrier, nothing to write
                         data.append(assert_safe_line(line.data))
@@ -484,6 +577,7 @@ class IrcSession(SessionBase):
     def _delivered(self, seat: Seat, line: OutLine) -> None:
         """The server has the line: the command it ends leaves the in-flight list (also when the
         room has left meanwhile: it was sent)."""
+        self._confirmed += 1
         if line.command is not None:
             seat.room.ack(line.command)
         if line.on_sent is not None:
@@ -514,11 +608,12 @@ class IrcSession(SessionBase):
         nick = msg.nick
         if nick is None or len(msg.params) < 2:
             return
-        if fold(nick) == self._folded_nick:
+        folded = self.fold(nick)
+        if folded == self._folded_nick:
             if self.delivery.echo:  # echo-message: the server confirms our line
                 self.delivery.on_echo()
             return
-        self.channels.on_privmsg(nick, msg)
+        self.channels.on_privmsg(nick, folded, msg)
 
     def on_nick(self, msg: Message) -> None:
         if msg.params and self.is_me(msg.nick):
@@ -532,6 +627,24 @@ class IrcSession(SessionBase):
         log.warning("irc %s: server said ERROR %s", self.label, message[:300])
         if self.registration is not None and not self._closing.is_set():
             self.registration.on_error(message)
+        if self._lost_reason is None:
+            self._lost_reason = "the server closed the link: " + cut(message)
+        if self.registered and not self._flood_seen and flood_disconnect(message):
+            self._flood_seen = True  # once per connection, however many ERROR lines a server sends
+            learn_flood(self, message)
+
+    def on_cap(self, msg: Message) -> None:
+        """CAP during registration is the registration's; after it, a ``CAP DEL`` (servers send it to
+        clients of ``CAP LS 302``) turns an identity capability off."""
+        if self.registration is not None:
+            self.registration.on_cap(msg)
+        elif len(msg.params) >= 3 and msg.params[1].upper() == "DEL" and self.identity is not None:
+            for cap in msg.params[-1].split():
+                self.identity.enable(cap, False)
+
+    def on_isupport(self, msg: Message) -> None:
+        """005: the server's channel limit and case mapping (``irc_limits.apply_isupport``)."""
+        apply_isupport(self, msg)
 
 
 _registration = attrgetter("registration")
@@ -546,8 +659,9 @@ DISPATCH: dict[str, tuple[Optional[Callable[[IrcSession], Any]], Callable[[Any, 
     "privmsg": (None, IrcSession.on_privmsg),
     "nick": (None, IrcSession.on_nick),
     "error": (None, IrcSession.on_error),
+    "cap": (None, IrcSession.on_cap),
+    "featurelist": (None, IrcSession.on_isupport),
     # registration
-    "cap": (_registration, Registration.on_cap),
     "authenticate": (_registration, Registration.on_authenticate),
     "welcome": (_registration, Registration.on_welcome),
     "saslsuccess": (_registration, Registration.on_sasl_ok),
@@ -571,8 +685,10 @@ DISPATCH: dict[str, tuple[Optional[Callable[[IrcSession], Any]], Callable[[Any, 
     "quit": (_channels, IrcChannels.on_quit),
     "topic": (_channels, IrcChannels.on_topic),
     "currenttopic": (_channels, IrcChannels.on_currenttopic),
+    "account": (_channels, IrcChannels.on_account),
+    "toomanychannels": (_channels, IrcChannels.on_too_many_channels),
     **{name: (_channels, IrcChannels.on_join_refused) for name in (
-        "nosuchchannel", "toomanychannels", "channelisfull", "inviteonlychan", "bannedfromchan",
+        "nosuchchannel", "channelisfull", "inviteonlychan", "bannedfromchan",
         "badchannelkey", "badchanmask", "nochanmodes", "badchanname", "secureonlychan")},
 }
 

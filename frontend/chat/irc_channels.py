@@ -10,6 +10,12 @@ its events, each room has its own send queue, and the bot leaves the channel onl
 them goes. A private message goes to the connection's first room only when every room on the
 connection is of one tenant (``dm_dropped`` otherwise): a DM never crosses a tenant boundary.
 
+Names are compared as the server does (its ISUPPORT ``CASEMAPPING``: ``session.fold``); when the
+server says how after our channels were keyed, ``rekey`` sorts them again. Past the server's channel
+limit (a ``405`` to a JOIN) the channel's rooms go to another connection of the identity
+(``session.other_connection``, the pool's); where none can be had, or the server refuses a first channel, they fail with a
+``join_failed`` that says why, and that channel is not tried again on this connection.
+
 What a server can make us track is bounded: at most ``MAX_MEMBERS`` nicks per channel and
 ``MAX_MEMBERS_PER_CONNECTION`` per connection (past them nicks are counted in ``members_untracked``
 and their QUIT and NICK go unreported); a channel's members are released when its last room goes,
@@ -27,7 +33,9 @@ from irc import ctcp
 from ..logs import Throttle
 from ..pacing import Backoff
 from .base import RoomLink, Seat
-from .irc_format import fold, join_lines, reason_line
+from .irc_format import join_lines, reason_line
+from .irc_identity import NO_ACCOUNT
+from .irc_limits import rekey, too_many_channels
 from .irc_wire import Message
 from .sendqueue import OutLine, report_unsent
 
@@ -44,10 +52,14 @@ class ChannelHost(Protocol):
     nick: str
     folded_nick: str
     registered: bool
+    identity: Any
+    info: Any
 
     @property
     def connected(self) -> bool: ...
+    def fold(self, name: str) -> str: ...
     def is_me(self, nick: Optional[str]) -> bool: ...
+    def other_connection(self, room: RoomLink) -> Any: ...
     def send_urgent(self, lines: list[bytes]) -> None: ...
     def last_room_gone(self) -> None: ...
     def saw_own_source(self, source: str, nick: str) -> None: ...
@@ -64,12 +76,14 @@ _MEMBER_PREFIXES = "~&@%+"
 class Channel:
     """One channel on the connection and the rooms' seats on it (in the order they were attached)."""
 
-    __slots__ = ("name", "seats", "joined", "members", "backoff", "timer", "parting")
+    __slots__ = ("name", "seats", "joined", "members", "backoff", "timer", "parting", "failed")
 
     def __init__(self, name: str) -> None:
         self.name = name  # as the first room spelled it: what JOIN and PART say
         self.seats: tuple[Seat, ...] = ()
         self.joined = False
+        #: why the server will never let this connection join it (no JOIN is sent again), or None
+        self.failed: Optional[str] = None
         self.members: Optional[set[str]] = None  # folded nicks, made on the first one
         self.backoff: Optional[Backoff] = None  # join refusals, made on the first one
         self.timer: Optional[gevent.Greenlet] = None  # a pending rejoin
@@ -92,13 +106,15 @@ class Channel:
 class IrcChannels:
     """Channels by folded name, the rooms' seats on them, membership and join state."""
 
-    __slots__ = ("session", "by_name", "seats", "tracked", "_leaving")
+    __slots__ = ("session", "by_name", "seats", "tracked", "full_at", "_leaving")
 
     def __init__(self, session: ChannelHost) -> None:
         self.session = session
         self.by_name: dict[str, Channel] = {}
         self.seats: dict[RoomLink, Seat] = {}  # each room's current seat
         self.tracked = 0  # member nicks tracked over all channels
+        #: the number of channels this connection was in when the server refused one more (405)
+        self.full_at: Optional[int] = None
         #: seats whose departure waits for their queued lines: seat -> the PART or barrier line
         self._leaving: Optional[dict[Seat, OutLine]] = None
 
@@ -127,10 +143,16 @@ class IrcChannels:
     def __len__(self) -> int:
         return len(self.by_name)
 
+    def count(self, prefixes: str) -> int:
+        """Channels here whose name starts with one of ``prefixes`` ("": every channel)."""
+        if not prefixes:
+            return len(self.by_name)
+        return sum(1 for channel in self.by_name.values() if channel.name[:1] in prefixes)
+
     # ------------------------------------------------------------------------ rooms come and go
     def attach(self, room: RoomLink) -> None:
         session = self.session
-        key = fold(room.spec.channel)  # type: ignore[union-attr]
+        key = session.fold(room.spec.channel)  # type: ignore[union-attr]
         channel = self.by_name.get(key)
         if channel is None:
             channel = self.by_name[key] = Channel(room.spec.channel)  # type: ignore[union-attr]
@@ -223,7 +245,7 @@ class IrcChannels:
         if channel.members:
             self.tracked -= len(channel.members)
         channel.members = None
-        key = fold(channel.name)
+        key = self.session.fold(channel.name)
         if self.by_name.get(key) is channel:
             del self.by_name[key]
 
@@ -231,6 +253,8 @@ class IrcChannels:
         """After registration: JOIN every channel, several per line."""
         pairs = []
         for channel in self.by_name.values():
+            if channel.failed:
+                continue
             for seat in channel.seats:
                 seat.room.set_state("joining")
             pairs.append((channel.name, channel.key()))
@@ -258,17 +282,20 @@ class IrcChannels:
 
         def rejoin() -> None:
             channel.timer = None
-            if channel.seats and not channel.joined and self.by_name.get(fold(channel.name)) is channel:
+            if channel.seats and not channel.joined and self.by_name.get(self.session.fold(channel.name)) is channel:
                 self._rejoin_now(channel)
 
         channel.timer = gevent.spawn_later(delay, rejoin)
+
+    def rejoin_now(self, channel: Channel) -> None:
+        self._rejoin_now(channel)
 
     def _rejoin_now(self, channel: Channel) -> None:
         session = self.session
         channel.joined = False
         for seat in channel.seats:
             session.queue.disable(seat)
-        if session.registered:
+        if session.registered and not channel.failed:
             for seat in channel.seats:
                 seat.room.set_state("joining")
             session.send_urgent(join_lines([(channel.name, channel.key())]))
@@ -300,6 +327,20 @@ class IrcChannels:
             return True
         return False
 
+    def _still_tracked(self, folded: str) -> bool:
+        """True while ``folded`` is a member of one of our channels."""
+        return any(channel.members and folded in channel.members for channel in self.by_name.values())
+
+    def _left_channel(self, folded: str) -> None:
+        """``folded`` left one of our channels: gone from all of them, it is no longer known."""
+        identity = self.session.identity
+        if identity is not None and identity.accounts and not self._still_tracked(folded):
+            identity.forget(folded)
+
+    def rekey(self) -> None:
+        """The server named its case mapping after the channels were keyed (``irc_limits.rekey``)."""
+        rekey(self, Channel)
+
     def _untracked(self, channel: Channel, n: int) -> None:
         self.session.counters["members_untracked"] += n
         _throttled.warning(
@@ -310,8 +351,12 @@ class IrcChannels:
             MAX_MEMBERS, MAX_MEMBERS_PER_CONNECTION)
 
     # ---------------------------------------------------------------------------- server lines
+    def channel(self, name: str) -> Optional[Channel]:
+        """The channel of ours called ``name`` (as the server folds names), while a room is on it."""
+        return self._channel(name)
+
     def _channel(self, name: str) -> Optional[Channel]:
-        channel = self.by_name.get(fold(name))
+        channel = self.by_name.get(self.session.fold(name))
         return channel if channel is not None and channel.seats else None
 
     def on_join(self, msg: Message) -> None:
@@ -333,9 +378,15 @@ class IrcChannels:
                 for seat in channel.seats:
                     self._joined(seat)
             else:
-                self._track(channel, fold(nick))
+                folded = self.session.fold(nick)
+                self._track(channel, folded)
+                identity = self.session.identity
+                if identity is None:
+                    account = None
+                else:
+                    account = identity.joined(folded, msg, bool(channel.members) and folded in channel.members)
                 for seat in channel.seats:
-                    seat.room.emit("user_joined", nick=nick)
+                    seat.room.emit("user_joined", nick=nick, account=account)
 
     def on_namreply(self, msg: Message) -> None:
         params = msg.params
@@ -350,6 +401,7 @@ class IrcChannels:
             self._untracked(channel, len(names) - space)
             names = names[:space]
         me = self.session.folded_nick
+        fold = self.session.fold
         for name in names:
             if name:
                 folded = fold(name.lstrip(_MEMBER_PREFIXES))
@@ -370,7 +422,9 @@ class IrcChannels:
                     self.session.queue.disable(seat)
                 self.schedule_rejoin(channel, self.session.settings.rejoin_delay)
             return
-        self._untrack(channel, fold(nick))
+        folded = self.session.fold(nick)
+        self._untrack(channel, folded)
+        self._left_channel(folded)
         reason = msg.params[1] if len(msg.params) > 1 else ""
         for seat in channel.seats:
             seat.room.emit("user_left", nick=nick, reason=reason, how="part")
@@ -394,7 +448,9 @@ class IrcChannels:
                 room.set_state("backoff", error=f"kicked by {by}: {reason}")
             self.schedule_rejoin(channel, self.session.settings.rejoin_delay)
         else:
-            self._untrack(channel, fold(params[1]))
+            folded = self.session.fold(params[1])
+            self._untrack(channel, folded)
+            self._left_channel(folded)
             for seat in channel.seats:
                 seat.room.emit("user_left", nick=params[1], reason=reason, how="kick")
 
@@ -402,7 +458,10 @@ class IrcChannels:
         nick = msg.nick
         if nick is None or self.session.is_me(nick):
             return
-        folded = fold(nick)
+        folded = self.session.fold(nick)
+        identity = self.session.identity
+        if identity is not None:
+            identity.forget(folded)
         reason = msg.params[0] if msg.params else ""
         for channel in list(self.by_name.values()):
             if self._untrack(channel, folded):
@@ -414,10 +473,25 @@ class IrcChannels:
         nick = msg.nick
         if nick is None or not msg.params:
             return
+        fold = self.session.fold
         old, new = fold(nick), fold(msg.params[0])
         for channel in self.by_name.values():
             if self._untrack(channel, old):
                 self._track(channel, new)
+        identity = self.session.identity
+        if identity is not None:
+            identity.renamed(old, new)
+            if not self._still_tracked(new):
+                identity.forget(new)
+
+    def on_account(self, msg: Message) -> None:
+        """account-notify: ``:nick!u@h ACCOUNT <account|*>`` (ignored unless it was negotiated)."""
+        identity = self.session.identity
+        nick = msg.nick
+        if identity is None or nick is None:
+            return
+        folded = self.session.fold(nick)
+        identity.on_account(folded, msg, self._still_tracked(folded))
 
     def on_topic(self, msg: Message) -> None:
         if len(msg.params) >= 2:
@@ -452,8 +526,16 @@ class IrcChannels:
             room.set_state("backoff", error=detail)
         self.schedule_rejoin(channel, delay)
 
-    def on_privmsg(self, nick: str, msg: Message) -> None:
-        """A line from ``nick`` (not us) to a channel of ours, or privately to us."""
+    def on_too_many_channels(self, msg: Message) -> None:
+        """405: this connection may join no more channels (``irc_limits.too_many_channels``)."""
+        too_many_channels(self, msg)
+
+    def give_up(self, seat: Seat) -> None:
+        """The seat's room goes on on another connection: it leaves this one without a word."""
+        self._remove(seat)
+
+    def on_privmsg(self, nick: str, folded: str, msg: Message) -> None:
+        """A line from ``nick`` (folded: ``folded``; not us) to a channel of ours, or privately to us."""
         target, text = msg.params[0], msg.params[1]
         channel = self._channel(target)
         if channel is not None:
@@ -467,12 +549,14 @@ class IrcChannels:
             private = True
         else:  # a channel we are not in, or a STATUSMSG target (@#chan): not for any room
             return
+        identity = self.session.identity
+        extra = NO_ACCOUNT if identity is None else identity.fields(folded, msg)
         if "\x01" in text:
             for room in rooms:
-                _emit_ctcp(room, nick, text, private)
+                _emit_ctcp(room, nick, text, private, extra)
             return
         for room in rooms:
-            room.emit("message", **{"from": nick, "text": text, "private": private})
+            room.emit("message", **{"from": nick, "text": text, "private": private}, **extra)
 
     def _dm_room(self, nick: str) -> Optional[RoomLink]:
         """The room a private message goes to: the first room, when every room is of one tenant."""
@@ -488,11 +572,11 @@ class IrcChannels:
         return None
 
 
-def _emit_ctcp(room: RoomLink, nick: str, text: str, private: bool) -> None:
+def _emit_ctcp(room: RoomLink, nick: str, text: str, private: bool, extra: dict[str, Any]) -> None:
     for part in ctcp.dequote(text):
         if isinstance(part, tuple):
             if part[0] == "ACTION":
                 room.emit("action", **{"from": nick, "text": part[1] if len(part) > 1 else "",
-                                       "private": private})
+                                       "private": private}, **extra)
         elif part:
-            room.emit("message", **{"from": nick, "text": part, "private": private})
+            room.emit("message", **{"from": nick, "text": part, "private": private}, **extra)

@@ -24,12 +24,41 @@ MAX_PING_TOKEN = 400
 _LINE_UNSAFE = re.compile("[\x00\r\n]")
 _NICK_UNSAFE = re.compile(r"[\s,\x00-\x1f\x7f]")
 
-_RFC1459 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ[]\\~", "abcdefghijklmnopqrstuvwxyz{}|^")
+_UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+_RFC1459 = str.maketrans(_UPPER + "[]\\~", _LOWER + "{}|^")
+_STRICT_RFC1459 = str.maketrans(_UPPER + "[]\\", _LOWER + "{}|")
+_ASCII = str.maketrans(_UPPER, _LOWER)
 
 
 def fold(name: str) -> str:
-    """RFC 1459 case folding, how IRC servers compare nicks and channel names."""
+    """RFC 1459 case folding, how IRC servers compare nicks and channel names (unless their
+    ISUPPORT ``CASEMAPPING`` says otherwise: ``folder``)."""
     return name.translate(_RFC1459)
+
+
+def _strict_rfc1459(name: str) -> str:
+    return name.translate(_STRICT_RFC1459)
+
+
+def _ascii(name: str) -> str:
+    return name.translate(_ASCII)
+
+
+#: ISUPPORT ``CASEMAPPING`` values -> how that server folds names; others (``rfc7613``, unknown
+#: ones) fold as RFC 1459, the default when a server says nothing
+FOLDS = {"rfc1459": fold, "strict-rfc1459": _strict_rfc1459, "ascii": _ascii}
+
+
+def folder(casemapping: str | None):
+    """The case folding of a server's ``CASEMAPPING`` (RFC 1459 when unknown or absent)."""
+    return FOLDS.get((casemapping or "").lower(), fold)
+
+
+def connection_nick(nick: str, index: int) -> str:
+    """The nick connection ``index`` of one identity asks for first: ``nick`` for the first (0), then
+    ``nick2``, ``nick3``, ... (the pool opens another connection past a server's channel limit or
+    ``channels_per_connection``); a taken one falls back as ``nick_candidates`` says."""
+    return nick if index <= 0 else f"{nick}{index + 1}"
 
 
 def nick_candidates(nick: str) -> Iterator[str]:

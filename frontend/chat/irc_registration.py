@@ -15,7 +15,8 @@ import logging
 from typing import Any, Iterator, Protocol
 
 from .base import LoginFailed
-from .irc_format import nick_candidates, sasl_plain_lines, valid_server_nick
+from .irc_format import connection_nick, nick_candidates, sasl_plain_lines, valid_server_nick
+from .irc_identity import IDENTITY_CAPS
 from .irc_wire import Message
 
 
@@ -27,16 +28,18 @@ class RegistrationHost(Protocol):
     spec: Any
     nick: str
     delivery: Any
+    index: int
 
     def send_urgent(self, lines: list[bytes]) -> None: ...
     def registered_as(self, nick: str) -> None: ...
+    def cap_acked(self, cap: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
 #: nicks tried per registration before it counts as failed
 MAX_NICK_ATTEMPTS = 10
 #: the capabilities we may request; what else a server lists is not kept
-KNOWN_CAPS = frozenset({"echo-message", "sasl"})
+KNOWN_CAPS = frozenset({"echo-message", "sasl", *IDENTITY_CAPS})
 #: the longest server text repeated in a room's state or an error event
 _MAX_REASON = 300
 
@@ -48,10 +51,11 @@ class Registration:
 
     def __init__(self, session: RegistrationHost) -> None:
         self.session = session
-        self.nicks: Iterator[str] = nick_candidates(session.spec.nick)
+        self.nicks: Iterator[str] = nick_candidates(connection_nick(session.spec.nick, session.index))
         self.tried = 0
         self.sasl_pending = session.spec.sasl_username is not None
-        self.cap_waiting = 0
+        #: capabilities requested and neither acknowledged nor refused yet
+        self.cap_waiting: set[str] = set()
         self.cap_ended = False
         self.offered: set[str] = set()
 
@@ -85,28 +89,47 @@ class Registration:
             self.offered.update(c.split("=", 1)[0] for c in caps if c.split("=", 1)[0] in KNOWN_CAPS)
             if len(args) > 3 and args[2] == "*":
                 return  # more LS lines follow
+            # the identity capabilities in one request (servers count every command against flood
+            # limits), echo-message and sasl each in its own (a refusal of one never costs the others)
+            self._request([cap for cap in IDENTITY_CAPS if cap in self.offered])
             # echo-message confirms delivery; with irc_ack = "write" nothing waits for it, and every
             # echoed line would be read and parsed for nothing
-            wanted = ["echo-message"] if "echo-message" in self.offered and session.delivery.mode == "pong" else []
+            if "echo-message" in self.offered and session.delivery.mode == "pong":
+                self._request(["echo-message"])
             if self.sasl_pending:
                 if "sasl" not in self.offered:
                     self.fail("the server does not offer SASL")
-                wanted.append("sasl")
-            self.cap_waiting = len(wanted)
-            session.send_urgent([f"CAP REQ :{cap}\r\n".encode() for cap in wanted])
-        elif sub in ("ACK", "NAK"):
+                self._request(["sasl"])
+        elif sub == "ACK":
             for cap in caps:
-                self.cap_waiting -= 1
+                if cap.startswith("-"):  # CAP 302: disabled (we never ask for that)
+                    self.cap_waiting.discard(cap[1:])
+                    continue
+                cap = cap.lstrip("~=")
+                self.cap_waiting.discard(cap)
                 if cap == "sasl":
-                    if sub == "NAK":
-                        self.fail("the server refused the SASL capability")
                     session.send_urgent([b"AUTHENTICATE PLAIN\r\n"])
-                elif cap == "echo-message" and sub == "ACK":
+                elif cap == "echo-message":
                     session.delivery.echo = True
+                elif cap in IDENTITY_CAPS:
+                    session.cap_acked(cap)
+        elif sub == "NAK":
+            refused = [cap for cap in caps if cap in self.cap_waiting]
+            self.cap_waiting.difference_update(refused)
+            if len(refused) > 1:  # a request is all or nothing: ask for each on its own
+                for cap in refused:
+                    self._request([cap])
+            elif "sasl" in refused:
+                self.fail("the server refused the SASL capability")
         self._maybe_cap_end()
 
+    def _request(self, caps: list[str]) -> None:
+        if caps:
+            self.cap_waiting.update(caps)
+            self.session.send_urgent([("CAP REQ :" + " ".join(caps) + "\r\n").encode()])
+
     def _maybe_cap_end(self) -> None:
-        if self.cap_waiting <= 0 and not self.sasl_pending and not self.cap_ended:
+        if not self.cap_waiting and not self.sasl_pending and not self.cap_ended:
             self.cap_ended = True
             self.session.send_urgent([b"CAP END\r\n"])
 

@@ -7,6 +7,11 @@ presences, then our self-presence (status 110), then history (none: we ask for `
 delayed messages are dropped anyway), then the subject. Occupants seen before the self-presence are the
 initial list and are not reported as ``user_joined``. Every room on a MUC gets its events; a private
 message through a MUC reaches its first room only when all its rooms are of one tenant.
+
+Who an occupant is: where the room shows occupants' real JIDs (non-anonymous rooms, or to a
+moderator), their presence carries ``<item jid=...>``; its bare JID is kept per occupant (for the
+occupants tracked only, forgotten when they leave) and every ``message``, ``action`` and
+``user_joined`` of theirs carries it as ``jid`` (``null`` where the room hides it).
 """
 
 from __future__ import annotations
@@ -45,11 +50,30 @@ def is_delayed(stanza: Any) -> bool:
 class StanzaEvents:
     """slixmpp event handlers of one session's MUC stanzas."""
 
-    __slots__ = ("session", "mucs")
+    __slots__ = ("session", "mucs", "_jids")
 
     def __init__(self, session: StanzaHost, mucs: MucRooms) -> None:
         self.session = session
         self.mucs = mucs
+        #: MUC bare JID -> occupant nick -> the occupant's real bare JID, where the room shows it
+        self._jids: dict[str, dict[str, str]] = {}
+
+    def _note_jid(self, muc: Muc, nick: str, pr: "Presence") -> str | None:
+        """The real bare JID an occupant's presence shows (None: hidden), kept for their lines."""
+        jid = _real_jid(pr)
+        known = self._jids.get(muc.jid)
+        if jid is None:
+            if known:
+                known.pop(nick, None)
+            return None
+        if known is None:
+            known = self._jids[muc.jid] = {}
+        known[nick] = jid
+        return jid
+
+    def jid_of(self, muc: Muc, nick: str) -> str | None:
+        known = self._jids.get(muc.jid)
+        return known.get(nick) if known else None
 
     def _muc(self, jid: Any) -> Muc | None:
         muc = self.mucs.by_jid.get(bare(jid))
@@ -70,15 +94,19 @@ class StanzaEvents:
             return
         if not gone:
             if nick in muc.occupants:
-                return  # a status change
+                self._note_jid(muc, nick, pr)  # a status change (a new role may show the JID)
+                return
             if not self.mucs.track(muc, nick):
+                self._forget_jid(muc, nick)
                 return  # past the bounds: a join and a status change look alike, neither is told
+            jid = self._note_jid(muc, nick, pr)
             if muc.state == "joined" and nick not in muc.renamed:
                 for room in muc.rooms:
-                    room.emit("user_joined", nick=nick)
+                    room.emit("user_joined", nick=nick, jid=jid)
             muc.renamed.discard(nick)
             return
         self.mucs.untrack(muc, nick)
+        self._forget_jid(muc, nick)
         if 303 in codes:  # a nick change: the new nick's presence follows
             self.mucs.renamed(muc, pr["muc"]["item_nick"])
             return
@@ -103,6 +131,7 @@ class StanzaEvents:
         by = item["actor"]["nick"] or None
         reason = item["reason"] or ""
         self.mucs.lost(muc)
+        self._jids.pop(muc.jid, None)
         if 301 in codes:
             detail = f"{muc.jid}: banned" + (f" by {by}" if by else "") + (f": {reason}" if reason else "")
             muc.state = "failed"
@@ -163,8 +192,9 @@ class StanzaEvents:
         if not nick or nick == muc.nick:  # a service announcement, or our own echo
             return
         body = msg["body"]
+        jid = self.jid_of(muc, nick)
         for room in muc.rooms:
-            _emit_text(room, nick, body, private=False)
+            _emit_text(room, nick, body, private=False, jid=jid)
 
     def on_subject(self, msg: "Message") -> None:
         muc = self._muc(msg["from"])
@@ -196,11 +226,35 @@ class StanzaEvents:
                                "several tenants, so no room may read it", self.session.label, muc.jid,
                                sender.resource)
             return
-        _emit_text(muc.seats[0].room, sender.resource, msg["body"], private=True)
+        _emit_text(muc.seats[0].room, sender.resource, msg["body"], private=True,
+                   jid=self.jid_of(muc, sender.resource))
+
+    def _forget_jid(self, muc: Muc, nick: str) -> None:
+        known = self._jids.get(muc.jid)
+        if known:
+            known.pop(nick, None)
 
 
-def _emit_text(room: RoomLink, nick: str, body: str, *, private: bool) -> None:
+#: the longest real JID carried in an event (RFC 7622: 1023 bytes for the local part and the domain)
+MAX_JID = 2047
+
+
+def _real_jid(pr: "Presence") -> str | None:
+    """The bare JID in a MUC presence's ``<item jid=...>`` (None: none, or not a valid JID)."""
+    try:
+        jid = pr["muc"]["item"]["jid"]
+    except Exception:  # slixmpp raises InvalidJID (and others) for a malformed attribute
+        return None
+    if not jid:
+        return None
+    found = jid.bare
+    if not found or len(found) > MAX_JID or not found.isprintable():
+        return None
+    return found
+
+
+def _emit_text(room: RoomLink, nick: str, body: str, *, private: bool, jid: str | None = None) -> None:
     if body.startswith("/me "):
-        room.emit("action", **{"from": nick, "text": body[4:], "private": private})
+        room.emit("action", **{"from": nick, "text": body[4:], "private": private, "jid": jid})
     else:
-        room.emit("message", **{"from": nick, "text": body, "private": private})
+        room.emit("message", **{"from": nick, "text": body, "private": private, "jid": jid})

@@ -140,11 +140,29 @@ def irc_paths() -> tuple:
     return old, new, old_buffer, reader.feed
 
 
+def identity_path(text: str) -> tuple:
+    """What ``IrcChannels.on_privmsg`` adds per line for ``account``/``msgid``/``server_ts``: the
+    constant where the server offers no identity capability, the tag checks where it does."""
+    from frontend.chat.irc_identity import NO_ACCOUNT, Identity
+    from frontend.chat.irc_wire import parse
+
+    identity = Identity()
+    for cap in ("account-tag", "server-time", "message-tags"):
+        identity.enable(cap)
+
+    def fields(ident, msg) -> dict:
+        return NO_ACCOUNT if ident is None else ident.fields("nick", msg)
+
+    tagged = parse("@account=alice;msgid=1GR~AAAAB;time=2026-01-01T00:00:00.000Z " + text)
+    return fields, identity, parse(text), tagged
+
+
 def main() -> None:
     text = LINE[:-2].decode()
     tagged = "@time=2026-01-01T00:00:00.000Z;account=alice " + text
     chunk = LINE * 500
     irc_old_path, irc_new_path, irc_old_buffer, irc_reader = irc_paths()
+    identity_fields, identity, untagged, full_tags = identity_path(text)
     rows = [
         ("ujson.loads of a say command", per_call(lambda: ujson.loads(SAY))),
         ("ujson.dumps of a message event", per_call(lambda: ujson.dumps(
@@ -155,6 +173,10 @@ def main() -> None:
         ("IRC line parse, irc_wire.parse + table lookup + nick", per_call(lambda: irc_new_path(text))),
         ("IRC line parse with IRCv3 tags, before", per_call(lambda: irc_old_path(tagged))),
         ("IRC line parse with IRCv3 tags, irc_wire", per_call(lambda: irc_new_path(tagged))),
+        ("IRCv3 identity of a PRIVMSG, server without the caps (identity None: the constant)",
+         per_call(lambda: identity_fields(None, untagged))),
+        ("IRCv3 identity of a tagged PRIVMSG (account-tag, server-time, message-tags)",
+         per_call(lambda: identity_fields(identity, full_tags))),
         ("IRC lines out of 500-line chunks, before (DecodingLineBuffer), per line",
          per_call(lambda: irc_old_buffer(chunk), N // 500) / 500),
         ("IRC lines out of 500-line chunks, irc_wire.LineReader, per line",

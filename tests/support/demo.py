@@ -33,6 +33,17 @@ def _port(name: str) -> int:
             return free_port()
 
 
+def greenroom_command(executable: str = sys.executable, cwd: str | None = None) -> str:
+    """How a new shell runs this venv's ``greenroom``: the script beside the interpreter (the venv's
+    bin is not on a new shell's PATH), as ``.venv/bin/greenroom`` when it is under the working
+    directory, else by its full path; ``python -m frontend.cli`` when there is no script."""
+    script = os.path.join(os.path.dirname(os.path.abspath(executable)), "greenroom")
+    if not os.path.exists(script):
+        return f"{executable} -m frontend.cli"
+    relative = os.path.relpath(script, cwd or os.getcwd())
+    return script if relative.startswith("..") else relative
+
+
 def _spawn(argv: list[str], log_path: str) -> subprocess.Popen:
     log = open(log_path, "ab")
     try:
@@ -96,7 +107,7 @@ greenroom demo is running (logs in {workdir}).
          {"join demo@" + prosody.muc_domain if xmpp_ok else ""}
   Say:   !echo hello     !ping     !help
   Redis: redis-cli -p {redis_server.port} LRANGE messages 0 -1   (the echo backend consumes them)
-         greenroom rooms --redis-url {url}
+         {greenroom_command()} rooms --redis-url {url}
 
 Ctrl-C stops everything.""", flush=True)
         while not stop.is_set():

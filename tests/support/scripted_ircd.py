@@ -54,13 +54,16 @@ class ScriptedIrcd:
     """``ScriptedIrcd(script).start()``; ``port``, ``conns`` (every connection, in order), ``stop()``.
 
     ``join_delay``: answer a JOIN only after that many seconds (a slow server). ``register``: answer NICK/USER with 001 (False: only the script talks). ``answer_nick``: a
-    function nick -> bytes to send instead of 001 (e.g. a 433 for every NICK).
+    function nick -> bytes to send instead of 001 (e.g. a 433 for every NICK). ``answer_join``: a
+    function (conn, channel) -> bytes to send instead of the JOIN echo (e.g. a 405 for every channel).
     """
 
     def __init__(self, script: Optional[Callable[[Conn], None]] = None, *, register: bool = True,
                  answer_nick: Optional[Callable[[Conn, str], Optional[bytes]]] = None,
-                 join_delay: float = 0.0) -> None:
+                 join_delay: float = 0.0,
+                 answer_join: Optional[Callable[[Conn, str], Optional[bytes]]] = None) -> None:
         self.script = script
+        self.answer_join = answer_join
         self.join_delay = join_delay
         self.register = register
         self.answer_nick = answer_nick
@@ -128,6 +131,9 @@ class ScriptedIrcd:
                                 conn.registered.set()
                                 if self.script is not None:
                                     runner = gevent.spawn(self.script, conn)
+                        elif verb == "JOIN" and self.register and self.answer_join is not None:
+                            for channel in rest.split()[0].split(","):
+                                conn.send(self.answer_join(conn, channel) or b"")
                         elif verb == "JOIN" and self.register:
                             echo = "".join(f":{conn.nick}!u@127.0.0.1 JOIN {channel}\r\n"
                                            for channel in rest.split()[0].split(","))
