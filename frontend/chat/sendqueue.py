@@ -429,20 +429,29 @@ class SendQueue:
 
 def _drop_oldest(share: TenantShare) -> None:
     """The tenant has more than its ``max_queued`` lines queued on this frontend: drop its oldest one,
-    whichever connection and room it waits in (the lowest ``seq`` at the head of a room's queue)."""
-    best: Optional[tuple[int, SendQueue, Hashable, _Lines]] = None
+    whichever connection and room it waits in (the lowest ``seq`` among the rooms' first lines that
+    write something: barriers before it, which write nothing and are not counted, stay)."""
+    best: Optional[tuple[int, SendQueue, Hashable, _Lines, int]] = None
     for group in share.groups:
         queues = group.queue._queues
         for room in group.members:
             q = queues.get(room)
-            if q:
-                head = q[0]
-                if head.data is not None and (best is None or head.seq < best[0]):
-                    best = (head.seq, group.queue, room, q)
+            if not q:
+                continue
+            for index, line in enumerate(q):
+                if line.data is not None:
+                    if best is None or line.seq < best[0]:
+                        best = (line.seq, group.queue, room, q, index)
+                    break
     if best is None:
         return
-    _, queue, room, q = best
-    queue._drop(room, q, TENANT_QUEUED)
+    _, queue, room, q, index = best
+    if index:
+        q.rotate(-index)  # the line to drop at the head, the barriers before it at the tail ...
+        queue._drop(room, q, TENANT_QUEUED)
+        q.rotate(index)   # ... and back in front, in their order
+    else:
+        queue._drop(room, q, TENANT_QUEUED)
     if not q and (queue._in_ready is None or room not in queue._in_ready):
         queue._forget(room, q.group)  # (a room in turn is cleaned up by ``take`` when it comes)
 

@@ -93,7 +93,7 @@ class TenantShare:
     """
 
     __slots__ = ("name", "bucket", "max_queued", "queued", "seq", "groups", "tally", "fraction",
-                 "lines_per_minute", "queued_limit")
+                 "lines_per_minute", "queued_limit", "rooms")
 
     def __init__(self, name: str, tally: Optional[TenantTally] = None) -> None:
         self.name = name
@@ -107,6 +107,8 @@ class TenantShare:
         #: the tenant's own limits (over every frontend), for logs and drop reports
         self.lines_per_minute: Optional[int] = None
         self.queued_limit: Optional[int] = None
+        #: (rooms here, rooms over every frontend) as last applied
+        self.rooms = (0, 0)
 
     def configure(self, tenant: "Tenant", fraction: float) -> None:
         """Limits for this frontend's ``fraction`` (0 < fraction <= 1) of the tenant's rooms."""
@@ -181,9 +183,10 @@ class TenantShares:
             total = max(held, int(totals.get(name, held)))
             # no room here: the share of one room, so a room arriving before the next renewal speaks
             fraction = 1.0 / max(total, 1) if held == 0 else held / total
-            before = (share.bucket.rate if share.bucket is not None else None, share.max_queued)
+            before = (share.bucket.rate if share.bucket is not None else None, share.max_queued, share.rooms)
             share.configure(tenant, fraction)
-            after = (share.bucket.rate if share.bucket is not None else None, share.max_queued)
+            share.rooms = (held, total)
+            after = (share.bucket.rate if share.bucket is not None else None, share.max_queued, share.rooms)
             if before != after and (tenant.lines_per_minute is not None or tenant.max_queued is not None):
                 log.info("tenant %s: %d of its %d rooms here: %s lines/min, %s queued lines on this frontend",
                          name, held, total,

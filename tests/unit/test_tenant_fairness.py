@@ -302,3 +302,18 @@ def test_a_waiter_killed_in_the_line_leaves_no_trace():
     late = _connector(line, "A", order, "a2")
     gevent.joinall([late], timeout=2)
     assert order == ["a0", "a2"] and time.monotonic() - started < 0.5
+
+
+def test_max_queued_finds_the_oldest_line_behind_a_barrier_and_keeps_the_barrier():
+    shares = TenantShares()
+    shares.apply({"acme": Tenant("acme", max_queued=2)}, {"acme": 1}, {"acme": 1})
+    q, drops = make(shares)
+    s1, s2 = Seat("one", "acme"), Seat("two", "acme")
+    q.enable(s1)
+    q.enable(s2)
+    q.put(s1, OutLine(None))  # a barrier (writes nothing, not counted) before s1's oldest line
+    q.put(s1, OutLine("1a"))
+    q.put(s2, OutLine("2a"))
+    q.put(s2, OutLine("2b"))
+    assert drops == [("one", "1a", TENANT_QUEUED)]
+    assert [line.data for _, line in q.take(10)[0]] == [None, "2a", "2b"]
