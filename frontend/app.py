@@ -172,9 +172,12 @@ class Frontend:
             log.info("tenant %s: reading its own intake %s", name, self.keys.tenant_control(name))
 
     def _housekeeping(self) -> None:
-        """After every lease renewal: a changed tenant registry; now and then, parted placements."""
+        """After every lease renewal: a changed tenant registry, the tenants' shares of this frontend
+        (``chat/tenant_share.py``); now and then, parted placements."""
         if self.tenants.refresh():
             self.sync_tenants()
+        self.sessions.tenant_shares.refresh(self.redis, self.keys, self.tenants.tenants,
+                                            (room.spec.tenant for room in self.registry.values()))
         self._beats += 1
         if self._beats % 10 == 0:
             self.registry.forget_placements()

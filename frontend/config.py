@@ -155,7 +155,13 @@ class Settings:
     web_login_window: float = 60.0
     #: seconds a dashboard session lasts after the login (logout ends it at once)
     web_session_ttl: float = 43200.0
-    #: per chat server overrides: {"irc.example.org": {"flood_burst": 10, "flood_rate": 1.0, "connect_rate": 5}}
+    # ---- tenants' fair shares of a chat server (frontend/sessions.py, frontend/chat/tenant_share.py) ----
+    #: most connections this frontend holds to one chat server at once, shared fairly between tenants
+    #: (a freed one goes to the waiting tenant that holds the fewest); rooms past it wait (state
+    #: `waiting`, an error `max_connections` once). Set it per server in [servers."host"]; 0: no limit
+    max_connections: int = 0
+    #: per chat server overrides: {"irc.example.org": {"flood_burst": 10, "flood_rate": 1.0, "connect_rate": 5,
+    #: "max_connections": 200}}
     servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def for_server(self, server: str, name: str) -> Any:
@@ -247,6 +253,13 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
         raise ConfigError("flood_learn_min_rate must be above 0 and at most flood_learn_rate")
     if not 0.0 <= settings.ready_share <= 1.0:
         raise ConfigError("ready_share must be between 0 and 1")
+    for server, overrides in settings.servers.items():  # the connection budget: a whole number >= 0
+        value = overrides.get("max_connections", 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"servers.{server!r}: max_connections must be a whole number >= 0, "
+                              f"not {value!r}")
+    if settings.max_connections < 0:
+        raise ConfigError("max_connections must be a whole number >= 0")
     for name in ("metrics_addr", "web_addr"):
         addr = getattr(settings, name)
         if addr and not addr.rpartition(":")[2].isdigit():

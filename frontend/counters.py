@@ -15,6 +15,10 @@ latency histograms are ``FastHistogram``s (a bisect and two adds). Names, with `
   (the learned rate, lines/s: a float, set rather than counted; ``flood_memory``)
 - ``loop_crashes:<service>`` (a supervised loop died and was restarted), ``room_crashes``
 - ``log_suppressed`` (repeated warnings folded into a count)
+- not in the Counter itself: ``all_lines.sent`` (lines the send queues handed to a writer, every
+  room; added once per batch) and per registered tenant a ``TenantTally`` in ``tenants`` (lines sent
+  and dropped by its rooms, added by the send queues): the rooms of every other tenant are
+  ``all_lines.sent`` and the ``line_drops`` less the tallies, under the one label ``OTHER_TENANT``
 """
 
 from __future__ import annotations
@@ -63,6 +67,21 @@ class FastHistogram:
         return out
 
 
+#: the metrics' ``tenant`` label of every room that is not of a registered tenant (a registered tenant's
+#: name starts with a letter or digit, so it never is this)
+OTHER_TENANT = "_other"
+
+
+class TenantTally:
+    """Lines of a registered tenant's rooms on this frontend: sent (handed to a writer) and dropped."""
+
+    __slots__ = ("sent", "dropped")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.dropped = 0
+
+
 class Counters(Counter):
     """The counters of one frontend (``counters["commands_received"] += 1``) and its histograms."""
 
@@ -72,6 +91,28 @@ class Counters(Counter):
         self.command_latency = FastHistogram()
         #: read from the chat socket -> pushed to Redis (observed per written batch)
         self.event_latency = FastHistogram()
+        #: registered tenant -> its tally (kept once made: a tenant removed from the registry keeps its
+        #: figures, so the counters never go back; bounded by the tenants ever registered)
+        self.tenants: dict[str, TenantTally] = {}
+        #: every room's lines (``sent`` only)
+        self.all_lines = TenantTally()
+
+    def tenant(self, name: str) -> TenantTally:
+        """The tally of a registered tenant (made on first use)."""
+        tally = self.tenants.get(name)
+        if tally is None:
+            tally = self.tenants[name] = TenantTally()
+        return tally
+
+    def by_tenant(self) -> dict[str, tuple[int, int]]:
+        """``{tenant: (lines sent, lines dropped)}``: each registered tenant's, and ``OTHER_TENANT``'s
+        for every other room."""
+        out = {name: (t.sent, t.dropped) for name, t in self.tenants.items()}
+        sent = sum(s for s, _ in out.values())
+        dropped = sum(d for _, d in out.values())
+        all_dropped = sum(n for name, n in self.items() if name.startswith("line_drops:"))
+        out[OTHER_TENANT] = (max(0, self.all_lines.sent - sent), max(0, all_dropped - dropped))
+        return out
 
     def labelled(self, prefix: str, always: Iterable[str] = ()) -> dict[str, int]:
         """``{label: n}`` for the counters named ``<prefix>:<label>`` (``always`` listed at 0)."""

@@ -31,7 +31,7 @@ from .service import Service
 
 log = logging.getLogger(__name__)
 
-ROOM_STATES = ("new", "connecting", "joining", "joined", "backoff", "failed", "parted")
+ROOM_STATES = ("new", "waiting", "connecting", "joining", "joined", "backoff", "failed", "parted")
 
 
 @dataclass
@@ -117,7 +117,15 @@ class FrontendCollector:
                         counters.labelled("redis_reconnects", ("incoming", "outgoing")))
         yield _labelled(CounterMetricFamily, "greenroom_line_drops",
                         "Lines dropped before sending (flood_dropped, stale)", "reason",
-                        counters.labelled("line_drops", ("flood_dropped", "stale")))
+                        counters.labelled("line_drops", ("flood_dropped", "stale", "tenant_queued")))
+        # by tenant: a label value per registered tenant, every other room under OTHER_TENANT ("_other")
+        by_tenant = counters.by_tenant()
+        yield _labelled(CounterMetricFamily, "greenroom_tenant_lines_sent",
+                        "Lines handed to the chat socket, by tenant (registered ones; _other: the rest)",
+                        "tenant", {t: sent for t, (sent, _) in by_tenant.items()})
+        yield _labelled(CounterMetricFamily, "greenroom_tenant_line_drops",
+                        "Lines dropped before sending, by tenant (registered ones; _other: the rest)",
+                        "tenant", {t: dropped for t, (_, dropped) in by_tenant.items()})
         yield _labelled(CounterMetricFamily, "greenroom_loop_crashes",
                         "Background loops that died and were restarted", "loop",
                         counters.labelled("loop_crashes", ("incoming", "outgoing")))

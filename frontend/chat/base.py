@@ -249,6 +249,17 @@ class SessionBase(ChatSession):
         if [settings.for_server(server, n) for n in names] != [old.for_server(server, n) for n in names]:
             self._rebuild_bucket()
 
+    def connection_wait(self, reason: str | None) -> None:
+        """The pool's word on this session's next connect (``sessions.ConnectLine``): ``reason``, it
+        waits for one of the server's connections (``max_connections``): every room is ``waiting``
+        and hears why once, an ``error`` ``max_connections``; None: the wait is over (``connecting``)."""
+        if reason is None:
+            self._rooms_state("connecting")
+            return
+        for room in self._rooms():
+            self._room_state(room, "waiting", reason)
+            room.emit("error", code="max_connections", detail=reason)
+
     def close(self, reason: str, timeout: float = 2.0) -> None:
         """Send what joined rooms queued (within ``timeout``), say goodbye, stop the main greenlet."""
         deadline = time.monotonic() + timeout
