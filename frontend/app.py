@@ -38,7 +38,7 @@ import redis
 from . import __version__
 from .chat.base import SpeakGate
 from .config import Settings
-from .counters import Counters
+from .counters import OTHER_TENANT, Counters
 from .heartbeat import Heartbeat
 from .incoming import IncomingDispatcher
 from .inflight import InflightLedger
@@ -52,7 +52,7 @@ from .pacing import Backoff
 from .protocol import Spec
 from .recovery import Recovery
 from .redis_conn import REDIS_ERRORS, DirectLink, shared_client
-from .registry import RoomRegistry
+from .registry import Census, RoomRegistry
 from .reload import apply_logging, reload_settings, report
 from .room import RoomContext
 from .router import Router
@@ -222,7 +222,23 @@ class Frontend:
             "commands": {k: v for k, v in counters.items() if k.startswith("commands_")},
             "down": self.supervisor.down() or None,
             "last_error": self.outbox.last_error,
+            "tenants": self._tenant_report(census),
         }
+
+    def _tenant_report(self, census: Census) -> dict[str, dict[str, int]]:
+        """The heartbeat's ``tenants``: rooms, lines sent and dropped of each registered tenant here,
+        and of every other room under ``OTHER_TENANT`` (bounded by the registry, never a key per label)."""
+        registered = self.tenants.tenants
+        rooms: dict[str, int] = {}
+        for label, n in census.by_tenant.items():
+            name = label if label in registered else OTHER_TENANT
+            rooms[name] = rooms.get(name, 0) + n
+        lines = self.counters.by_tenant()
+        out = {}
+        for name in {*registered, OTHER_TENANT}:
+            sent, drops = lines.get(name, (0, 0))
+            out[name] = {"rooms": rooms.get(name, 0), "lines_sent": sent, "drops": drops}
+        return out
 
     def metrics_view(self) -> MetricsView:
         sessions: Counter[str] = Counter(getattr(s, "protocol", "?") for s in self.sessions.sessions())

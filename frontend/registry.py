@@ -41,9 +41,10 @@ Transform = Callable[[dict], dict]
 
 @dataclass
 class Census:
-    """Rooms by (state, protocol), and their queue depths as a histogram."""
+    """Rooms by (state, protocol), by tenant label, and their queue depths as a histogram."""
 
     by_state_protocol: Counter = field(default_factory=Counter)
+    by_tenant: Counter = field(default_factory=Counter)  # the spec's tenant (None: no tenant)
     depth_counts: list[int] = field(default_factory=lambda: [0] * (len(DEPTH_BUCKETS) + 1))
     depth_sum: int = 0
     deepest: int = 0
@@ -257,6 +258,7 @@ class RoomRegistry:
         out = Census()
         for i, room in enumerate(list(self.rooms.values()), 1):
             out.by_state_protocol[(room.state, room.spec.protocol)] += 1
+            out.by_tenant[room.spec.tenant] += 1
             depth = room.queue_depth()
             out.depth_counts[bisect.bisect_left(DEPTH_BUCKETS, depth)] += 1
             out.depth_sum += depth
