@@ -72,11 +72,7 @@ class Endpoint:
              **options: Any) -> redis.ConnectionPool:
         """A connection pool (``BlockingConnectionPool`` when ``blocking``); ``options`` go to each
         connection (socket timeouts, retry, ...)."""
-        sizing: dict[str, Any] = {}
-        if max_connections is not None:
-            sizing["max_connections"] = max_connections
-        if blocking:
-            sizing["timeout"] = timeout
+        sizing = _pool_sizing(max_connections, blocking, timeout)
         target = self.target
         if target.kind == "direct":
             cls = redis.BlockingConnectionPool if blocking else redis.ConnectionPool
@@ -140,11 +136,7 @@ class Endpoint:
 
         from . import redis_follow_aio as follow
 
-        sizing: dict[str, Any] = {}
-        if max_connections is not None:
-            sizing["max_connections"] = max_connections
-        if blocking:
-            sizing["timeout"] = timeout
+        sizing = _pool_sizing(max_connections, blocking, timeout)
         target = self.target
         if target.kind == "direct":
             cls = aredis.BlockingConnectionPool if blocking else aredis.ConnectionPool
@@ -345,3 +337,13 @@ class DirectLink:
         self._closes += 1
         self._conn.disconnect()
         self._client.close()
+
+
+def _pool_sizing(max_connections: int | None, blocking: bool, timeout: float | None) -> dict[str, Any]:
+    """The size arguments of a pool (sync or asyncio): a bound, and a checkout timeout when blocking."""
+    sizing: dict[str, Any] = {}
+    if max_connections is not None:
+        sizing["max_connections"] = max_connections
+    if blocking:
+        sizing["timeout"] = timeout
+    return sizing

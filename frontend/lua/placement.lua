@@ -260,6 +260,26 @@ local function held_items(id)
   return out
 end
 
+-- A room that was moving when its holder went: it moves no more; ``holds`` (a list) gets it, so that
+-- ``append_holds`` adds the commands parked for it.
+local function stop_moving(room, holds)
+  if redis.call('HEXISTS', K_MOVING, room) == 1 then
+    redis.call('HDEL', K_MOVING, room)
+    holds[#holds + 1] = room
+  end
+end
+
+-- The commands parked for each room of ``holds`` (rooms:hold:<room>, in order) appended to
+-- ``items``; the hold lists go.
+local function append_holds(holds, items)
+  for _, room in ipairs(holds) do
+    for _, v in ipairs(redis.call('LRANGE', k_hold(room), 0, -1)) do
+      if unwrap(v) then items[#items + 1] = v end
+    end
+    redis.call('DEL', k_hold(room))
+  end
+end
+
 -- Stored items back to the head of the intake each came from (`control`, or a tenant's own), in
 -- order: for items nobody can route now (no frontend alive).
 local function push_back(items)

@@ -24,18 +24,10 @@ for _, room in ipairs(rooms) do
     redis.call('HDEL', K_HOLDER, room)
     unheld = unheld + 1
   end
-  if redis.call('HEXISTS', K_MOVING, room) == 1 then
-    redis.call('HDEL', K_MOVING, room)
-    holds[#holds + 1] = room
-  end
+  stop_moving(room, holds)
 end
 local items = held_items(me)
-for _, room in ipairs(holds) do
-  for _, v in ipairs(redis.call('LRANGE', k_hold(room), 0, -1)) do
-    if unwrap(v) then items[#items + 1] = v end
-  end
-  redis.call('DEL', k_hold(room))
-end
+append_holds(holds, items)
 redis.call('DEL', k_held(me))
 if ARGV[4] == '1' then
   redis.call('ZREM', K_LEASES, me)

@@ -16,18 +16,10 @@ for _, room in ipairs(rooms) do
   local id = place(key, now, dead, me)
   assign(room, id, key)
   redis.call('RPUSH', k_inbox(id), marker('take', room))
-  if redis.call('HEXISTS', K_MOVING, room) == 1 then
-    redis.call('HDEL', K_MOVING, room)
-    holds[#holds + 1] = room
-  end
+  stop_moving(room, holds)
 end
 local items = held_items(dead)
-for _, room in ipairs(holds) do
-  for _, v in ipairs(redis.call('LRANGE', k_hold(room), 0, -1)) do
-    if unwrap(v) then items[#items + 1] = v end
-  end
-  redis.call('DEL', k_hold(room))
-end
+append_holds(holds, items)
 route_all(items, me, now, max_bytes)
 redis.call('DEL', k_held(dead), k_seq(dead))
 redis.call('ZREM', K_LEASES, dead)
