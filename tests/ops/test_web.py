@@ -493,7 +493,7 @@ def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser
         assert cell("acme", ".quota-text") == "1/1 100%" and cell("acme", ".rooms") == "1"
         assert cell("acme", ".states") == "joined 1"
         assert cell("acme", ".sent") == "42" and cell("acme", ".drops") == "3"
-        assert cell("globex", ".sent") == "0" and "summed over 1 of 2 live frontends" in browser.page_source
+        assert cell("globex", ".sent") == "0" and "summed over" not in browser.page_source  # both report: no note
         unregistered = browser.find_element("id", "tenant-unregistered")
         assert unregistered.find_element("css selector", ".rooms").text == "1"
         assert unregistered.find_element("css selector", ".sent").text == "5"
