@@ -165,7 +165,11 @@ class Room:
             if command is _SHUTDOWN:
                 return
             try:
-                getattr(self, "_on_" + command.type)(command)
+                handler = _HANDLERS.get(command.type)
+                if handler is None:
+                    getattr(self, "_on_" + command.type)(command)
+                else:
+                    handler(self, command)
             except gevent.GreenletExit:
                 raise
             except Exception as exc:  # one command must never stop the room: answer it, go on
@@ -261,3 +265,8 @@ class Room:
         if self.session is not None:
             depth += self.session.depth(self)
         return depth
+
+
+#: the command handlers by command type (one dict lookup per command on the hot path)
+_HANDLERS: dict[str, Callable[[Room, Command], None]] = {
+    name[len("_on_"):]: handler for name, handler in vars(Room).items() if name.startswith("_on_")}

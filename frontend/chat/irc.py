@@ -451,6 +451,9 @@ class IrcSession(SessionBase):
             lines = reader.feed(data)
             if reader.too_long != too_long:
                 self._too_long(reader.too_long - too_long)
+            if lines and log.isEnabledFor(logging.DEBUG):  # once per read, not per line
+                for line in lines:
+                    log.debug("irc %s: FROM SERVER: %r", self.label, line)
             for line in lines:
                 try:
                     handle(line)
@@ -585,7 +588,6 @@ class IrcSession(SessionBase):
 
     # ------------------------------------------------------------------------------------- parsing
     def _handle_line(self, line: str) -> None:
-        log.debug("irc %s: FROM SERVER: %s", self.label, line)
         msg = parse(line)
         if msg is None:
             return
