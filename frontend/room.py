@@ -121,6 +121,18 @@ class Room:
             return
         self._ctx.outbox.event_bytes(self._events_key, payload, ts)
 
+    def emit_body(self, type: str, body: str) -> None:
+        """``emit`` with the fields already encoded (``protocol.encode_fields``): what a session
+        hands every room of a channel, encoded once."""
+        if type in _CHAT_EVENTS and self._ctx.inbound_rate and not self._inbound_allowed():
+            return
+        try:
+            payload, ts = protocol.encode_event_body(type, self._head, body)
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+            self._ctx.outbox.unencodable(self.id, type, exc)
+            return
+        self._ctx.outbox.event_bytes(self._events_key, payload, ts)
+
     def _inbound_allowed(self) -> bool:
         bucket = self._inbound
         rate = self._ctx.inbound_rate

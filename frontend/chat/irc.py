@@ -69,7 +69,7 @@ from .irc_identity import Identity
 from .irc_isupport import ServerFacts, ServerInfo
 from .irc_limits import apply_isupport, cut, learn_flood
 from .irc_registration import Registration
-from .irc_wire import MAX_LINE, LineReader, Message, commands_named, parse
+from .irc_wire import MAX_LINE, LineReader, Message, commands_named, parse, parse_privmsg
 from .sendqueue import OutLine, queue_command, report_unsent
 
 log = logging.getLogger(__name__)
@@ -673,6 +673,12 @@ class IrcSession(SessionBase):
 
     # ------------------------------------------------------------------------------------- parsing
     def _handle_line(self, line: str) -> None:
+        fast = parse_privmsg(line)
+        if fast is not None:  # text to a channel, the commonest line: no Message, one encode
+            source, nick, target, text = fast
+            folded = self.fold(nick)
+            if folded != self._folded_nick and self.channels.on_channel_text(source, nick, folded, target, text):
+                return
         msg = parse(line)
         if msg is None:
             return
