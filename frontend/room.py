@@ -1,4 +1,5 @@
-"""A room: one greenlet and one gevent queue per room id, the only place the room's commands are handled.
+"""A room: one greenlet and one command queue (``room_queue``) per room id, the only place the room's
+commands are handled.
 
 ``Room(id, spec, spec_json, ctx)`` gets what it uses in a ``RoomContext``: the session pool to find its
 chat session, the outgoing dispatcher for its events and states, the ledger to acknowledge commands,
@@ -22,7 +23,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import gevent
-import gevent.queue
 
 from . import protocol
 from .chat.base import ChatSession
@@ -33,6 +33,7 @@ from .keys import Keys
 from .logs import Throttle
 from .pacing import TokenBucket
 from .protocol import Command, Spec
+from .room_queue import CommandQueue, Empty
 
 if TYPE_CHECKING:
     from .outgoing import OutgoingDispatcher
@@ -80,7 +81,7 @@ class Room:
         self.id = room_id
         self.spec = spec
         self.spec_json = spec_json
-        self.queue: gevent.queue.Queue = gevent.queue.Queue()
+        self.queue = CommandQueue()  # 56 bytes while empty (a gevent Queue: 2.7 KB)
         self.state = "new"
         self.state_since = time.time()
         self.attempts = 0
@@ -204,7 +205,7 @@ class Room:
         while True:
             try:
                 command = self.queue.get_nowait()
-            except gevent.queue.Empty:
+            except Empty:
                 return
             if command is _SHUTDOWN:
                 continue
