@@ -121,3 +121,20 @@ def test_the_short_ascii_fast_path_makes_what_the_general_path_makes(text, prefi
     except ValueError:
         got = ValueError
     assert got == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=80))
+def test_fold_is_the_case_mapping_also_from_its_cache(name):
+    table = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ[]\\~", "abcdefghijklmnopqrstuvwxyz{}|^")
+    assert fold(name) == name.translate(table)
+    assert fold(name) == name.translate(table)  # from the cache the second time
+
+
+def test_the_fold_cache_stays_bounded():
+    from frontend.chat import irc_format
+    for i in range(irc_format.FOLD_CACHE_MAX + 10):
+        fold(f"N{i}")
+    assert fold.__closure__ is not None
+    cache = next(c.cell_contents for c in fold.__closure__ if isinstance(c.cell_contents, dict))
+    assert len(cache) <= irc_format.FOLD_CACHE_MAX
