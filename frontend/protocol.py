@@ -551,8 +551,17 @@ def encode_event(type: str, head: str, fields: dict[str, Any]) -> tuple[bytes, f
     left out. Raises ``UnicodeEncodeError`` like ``encode`` for what UTF-8 cannot carry."""
     if "cmd_id" in fields and fields["cmd_id"] is None:
         del fields["cmd_id"]
+    return encode_event_body(type, head, encode_fields(fields))
+
+
+def encode_fields(fields: dict[str, Any]) -> str:
+    """An event's own fields as ``encode_event`` encodes them (once for every room that gets them)."""
+    return ujson.dumps(fields, ensure_ascii=False, escape_forward_slashes=False)
+
+
+def encode_event_body(type: str, head: str, body: str) -> tuple[bytes, float]:
+    """``encode_event`` with the fields already encoded (``encode_fields``)."""
     ts = time.time()
-    body = ujson.dumps(fields, ensure_ascii=False, escape_forward_slashes=False)
     text = '{"type":"%s",%s%s%s,"event_id":"%s","ts":%r}' % (
         type, head, "," if len(body) > 2 else "", body[1:-1], new_event_id(), ts)
     return text.encode("utf-8"), ts

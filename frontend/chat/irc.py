@@ -16,10 +16,13 @@ concept, with the server's lines dispatched to them by name from one table (``DI
     base.SessionBase   the reconnect loop with backoff, drop reporting, close with drain
 
 Greenlets per connection: ``main`` connects, registers and then blocks reading the socket (no Reactor
-polling loop, so an idle connection costs no CPU); ``writer`` sends the rooms' lines from the
-SendQueue, several lines per write. The writer lives only while there is something to write: spawned
-when a line is queued, it ends once the queue has been empty for ``WRITER_LINGER`` seconds (a parked
-greenlet costs about 8 KB, and most connections are quiet most of the time). The socket blocks
+polling loop, so an idle connection costs no CPU). The rooms' lines queued in one turn of the hub's
+loop are written by one hub callback (``_flush``: one non-blocking write of everything queued, no
+greenlet woken); ``writer`` takes over what that cannot finish (a socket that took only part of the
+write, a flood-control token to wait for, the speak gate, TLS, ``irc_ack = "write"``), several lines
+per write. The writer lives only while it is needed: started then, it ends once it has been idle for
+``WRITER_LINGER`` seconds (a parked greenlet costs about 8 KB, and most connections are quiet most of
+the time). The socket blocks
 without a timeout (a gevent Timeout per ``recv`` costs CPU on busy links); deadlines are one hub timer
 per connection: registration must finish within ``connect_timeout``, a connection silent for
 ``ping_interval`` gets a PING, and one still silent ``ping_timeout`` later is shut down, which ends the
@@ -66,7 +69,7 @@ from .irc_identity import Identity
 from .irc_isupport import ServerFacts, ServerInfo
 from .irc_limits import apply_isupport, cut, learn_flood
 from .irc_registration import Registration
-from .irc_wire import MAX_LINE, LineReader, Message, commands_named, parse
+from .irc_wire import MAX_LINE, LineReader, Message, commands_named, parse, parse_privmsg
 from .sendqueue import OutLine, queue_command, report_unsent
 
 log = logging.getLogger(__name__)
@@ -129,7 +132,8 @@ class IrcSession(SessionBase):
     __slots__ = ("channels", "registration", "delivery", "registered", "userhost_len", "index", "identity",
                  "info", "fold", "_nick", "_folded_nick", "_pace_events", "_urgent", "_sock", "_writer",
                  "_last_read", "_ping_sent_at", "_liveness", "_lost_reason", "facts", "_rehome",
-                 "_written", "_confirmed", "_first_write_at", "_flood_seen")
+                 "_written", "_confirmed", "_first_write_at", "_flood_seen", "_flush_cb", "_linger",
+                 "_backlog")
 
     def __init__(self, spec: IrcSpec, *, settings: Settings, counters: Counters,
                  pace_connect: Callable[[str], None], index: int = 0, label: Optional[str] = None,
@@ -168,6 +172,12 @@ class IrcSession(SessionBase):
         self._urgent: list[bytes] = []
         self._sock: Optional[socket.socket] = None
         self._writer: Optional[gevent.Greenlet] = None
+        #: the hub callback that writes what was queued in this loop turn (None: none is scheduled)
+        self._flush_cb: Any = None
+        #: what an idle writer waits on (None: there is no idle writer)
+        self._linger: Optional[gevent.event.Event] = None
+        #: the tail of a write from the hub that the socket did not take: the writer sends it first
+        self._backlog = b""
         self._last_read = 0.0
         self._ping_sent_at = 0.0  # 0.0: no PING outstanding
         self._liveness: Any = None  # the hub timer of the current connection
@@ -334,21 +344,36 @@ class IrcSession(SessionBase):
         return self._sock is not None and self.registered
 
     def _wake_writer(self) -> None:
-        """Lines are waiting: wake the writer, or start one if none is alive (and we are connected)."""
+        """Lines are waiting: have them written (``_start_writer``)."""
         self.queue.wake.set()
         self._start_writer()
 
     def _start_writer(self) -> None:
-        """Start a writer if none is alive and we are connected (the SendQueue has set ``wake``)."""
-        if self._writer is None and self._sock is not None:
-            self._writer = gevent.spawn(self._write_loop, self._sock)
+        """Lines are waiting (the SendQueue has set ``wake``): a writer at work takes them itself;
+        otherwise one hub callback writes what was queued in this loop turn (``_flush``), so the
+        rooms' lines of one turn go out in one write without waking a writer greenlet."""
+        if self._flush_cb is not None or self._sock is None:
+            return
+        if self._writer is not None and self._linger is None:
+            return  # at work: it takes what was queued when its write returns
+        self._flush_cb = gevent.get_hub().loop.run_callback(self._flush)
+
+    def _start_writer_greenlet(self) -> None:
+        """Wake the idle writer, or start one if none is alive (and we are connected)."""
+        if self._writer is None:
+            if self._sock is not None:
+                self._writer = gevent.spawn(self._write_loop, self._sock)
+        elif self._linger is not None:
+            self._linger.set()
 
     def _goodbye(self, reason: str, deadline: float) -> None:
         if self._sock is None or not self.registered:
             return
         # until the server confirmed what was written (a PONG or the echoes): nothing acked unread
         self.delivery.settled.wait(max(0.0, deadline - time.monotonic()))
-        self.send_urgent([reason_line("QUIT", reason)])
+        self._urgent.append(reason_line("QUIT", reason))
+        self.queue.wake.set()
+        self._start_writer_greenlet()  # the QUIT goes out before the join below returns
         if self._writer is not None:
             self._writer.join(max(0.0, min(0.5, deadline - time.monotonic())))
 
@@ -403,12 +428,14 @@ class IrcSession(SessionBase):
         self.registration = None
         self.identity = None
         self._stop_liveness()
+        self._backlog = b""  # its lines are in the delivery tracker's: sent again below
         unconfirmed = self.delivery.reset()
         if unconfirmed:  # written but never confirmed: send again after reconnecting
             self._requeue(unconfirmed)
         if self._writer is not None:
             self._writer.kill(block=False)
             self._writer = None
+        self._linger = None
         if sock is not None:
             try:
                 sock.close()
@@ -451,6 +478,9 @@ class IrcSession(SessionBase):
             lines = reader.feed(data)
             if reader.too_long != too_long:
                 self._too_long(reader.too_long - too_long)
+            if lines and log.isEnabledFor(logging.DEBUG):  # once per read, not per line
+                for line in lines:
+                    log.debug("irc %s: FROM SERVER: %r", self.label, line)
             for line in lines:
                 try:
                     handle(line)
@@ -522,32 +552,82 @@ class IrcSession(SessionBase):
             if self._writer is gevent.getcurrent():
                 self._writer = None
 
+    def _batch(self) -> tuple[list[bytes], list[tuple[Seat, OutLine]], float, bool]:
+        """What to write now: an unsent tail, the urgent lines, a take of the rooms' lines (and the
+        PING that confirms them); the lines taken, the seconds until the next token, and whether
+        they are confirmed later (recorded as written here, before the write) or by the write."""
+        queue, delivery = self.queue, self.delivery
+        data: list[bytes] = []
+        if self._backlog:
+            data.append(self._backlog)
+            self._backlog = b""
+        if self._urgent:
+            data += self._urgent
+            self._urgent = []
+        taken, wait = queue.take(WRITE_BATCH) if self.registered and self.gate.open else ([], 0.0)
+        if taken:
+            if not self._written:
+                self._first_write_at = time.monotonic()
+            self._written += len(taken)
+        for _, line in taken:
+            if line.data is not None:  # None: a barrier, nothing to write
+                data.append(assert_safe_line(line.data))
+        # Lines awaiting a confirmation are recorded before the write, so the PING that
+        # confirms them rides in the same write; if the write fails, the reconnect gets
+        # them back from delivery.reset(). Lines confirmed by the write itself: after it.
+        confirm_later = delivery.mode == "pong" or delivery.echo
+        if confirm_later:
+            for key, line in taken:
+                delivery.written(key, line)
+        ping = delivery.ping_line()
+        if ping is not None:
+            data.append(ping)
+        return data, taken, wait, confirm_later
+
+    def _flush(self) -> None:
+        """Runs in the hub (``_start_writer``): must not block. One non-blocking write of what is
+        waiting; the writer greenlet is woken only for what this cannot finish: lines confirmed by
+        the write itself (``irc_ack = "write"``), TLS, a closed speak gate, a token to wait for,
+        more than a batch, or a socket that took only part of it (the writer sends the rest first)."""
+        self._flush_cb = None
+        sock = self._sock
+        if sock is None or (self._writer is not None and self._linger is None):
+            return  # gone, or a writer got to work meanwhile: it takes the lines
+        delivery = self.delivery
+        if (self.spec.tls or self._backlog or not (delivery.mode == "pong" or delivery.echo)  # type: ignore[union-attr]
+                or not self.gate.open):
+            self._start_writer_greenlet()
+            return
+        try:
+            data, taken, wait, _ = self._batch()
+            if data:
+                buf = b"".join(data)
+                try:
+                    sent = sock.send(buf, 0, 0.0)  # a timeout of 0: never waits
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    log.info("irc %s: write failed: %s", self.label, exc)
+                    _shut_down(sock)  # wakes the reader, which reconnects (and sends them again)
+                    return
+                if sent < len(buf):
+                    self._backlog = buf[sent:]
+        except Exception:  # never in the hub: the connection starts over, unconfirmed lines kept
+            log.exception("irc %s: writing from the hub failed", self.label)
+            _shut_down(sock)
+            return
+        if self._backlog or wait > 0 or len(taken) >= WRITE_BATCH or self._urgent:
+            self._start_writer_greenlet()
+        else:
+            self._drained.set()
+
     def _write_until_drained(self, sock: socket.socket) -> None:
-        queue, gate, delivery = self.queue, self.gate, self.delivery
+        queue, gate = self.queue, self.gate
+        delivery = self.delivery
         while True:
             queue.wake.clear()
             while True:
-                data: list[bytes] = []
-                if self._urgent:
-                    data, self._urgent = self._urgent, []
-                taken, wait = queue.take(WRITE_BATCH) if self.registered and gate.open else ([], 0.0)
-                if taken:
-                    if not self._written:
-                        self._first_write_at = time.monotonic()
-                    self._written += len(taken)
-                for _, line in taken:
-                    if line.data is not None:  # None: a barrier, nothing to write
-                        data.append(assert_safe_line(line.data))
-                # Lines awaiting a confirmation are recorded before the write, so the PING that
-                # confirms them rides in the same write; if the write fails, the reconnect gets
-                # them back from delivery.reset(). Lines confirmed by the write itself: after it.
-                confirm_later = delivery.mode == "pong" or delivery.echo
-                if confirm_later:
-                    for key, line in taken:
-                        delivery.written(key, line)
-                ping = delivery.ping_line()
-                if ping is not None:
-                    data.append(ping)
+                data, taken, wait, confirm_later = self._batch()
                 if data:
                     try:
                         _send_all(sock, b"".join(data))
@@ -571,7 +651,15 @@ class IrcSession(SessionBase):
                 gevent.wait([queue.wake, gate.opened], count=1)
                 continue
             self._drained.set()
-            if not set_within(queue.wake, WRITER_LINGER):
+            # idle: what is queued meanwhile is written from the hub (``_flush``), which wakes this
+            # writer only for what it cannot finish
+            linger = self._linger = gevent.event.Event()
+            try:
+                woke = set_within(linger, WRITER_LINGER)
+            finally:
+                if self._linger is linger:
+                    self._linger = None
+            if not woke:
                 return  # quiet for a while: the next line starts a new writer
 
     def _delivered(self, seat: Seat, line: OutLine) -> None:
@@ -585,7 +673,12 @@ class IrcSession(SessionBase):
 
     # ------------------------------------------------------------------------------------- parsing
     def _handle_line(self, line: str) -> None:
-        log.debug("irc %s: FROM SERVER: %s", self.label, line)
+        fast = parse_privmsg(line)
+        if fast is not None:  # text to a channel, the commonest line: no Message, one encode
+            source, nick, target, text = fast
+            folded = self.fold(nick)
+            if folded != self._folded_nick and self.channels.on_channel_text(source, nick, folded, target, text):
+                return
         msg = parse(line)
         if msg is None:
             return

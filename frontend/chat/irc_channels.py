@@ -36,6 +36,7 @@ from .base import RoomLink, Seat
 from .irc_format import join_lines, reason_line
 from .irc_identity import NO_ACCOUNT
 from .irc_limits import rekey, too_many_channels
+from ..protocol import encode_fields
 from .irc_wire import Message
 from .sendqueue import OutLine, report_unsent
 
@@ -557,6 +558,30 @@ class IrcChannels:
             return
         for room in rooms:
             room.emit("message", **{"from": nick, "text": text, "private": private}, **extra)
+
+    def on_channel_text(self, source: str, nick: str, folded: str, target: str, text: str) -> bool:
+        """The hot path of ``on_privmsg`` (a line ``irc_wire.parse_privmsg`` took apart): plain text
+        to a channel of ours, its fields encoded once for all the channel's rooms. False, having
+        done nothing, for anything else (a DM, CTCP, a channel we are not in): ``on_privmsg`` then."""
+        channel = self._channel(target)
+        if channel is None or "\x01" in text:
+            return False
+        identity = self.session.identity
+        extra = NO_ACCOUNT if identity is None else identity.fields(
+            folded, Message(None, source, "PRIVMSG", [target, text]))
+        fields = {"from": nick, "text": text, "private": False, **extra}
+        try:
+            body = encode_fields(fields)
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
+            body = None  # each room reports it (``Room.emit``)
+        for seat in channel.seats:
+            room = seat.room
+            emit_body = getattr(room, "emit_body", None)
+            if emit_body is None or body is None:
+                room.emit("message", **fields)
+            else:
+                emit_body("message", body)
+        return True
 
     def _dm_room(self, nick: str) -> Optional[RoomLink]:
         """The room a private message goes to: the first room, when every room is of one tenant."""

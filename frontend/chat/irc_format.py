@@ -30,18 +30,34 @@ _STRICT_RFC1459 = str.maketrans(_UPPER + "[]\\", _LOWER + "{}|")
 _ASCII = str.maketrans(_UPPER, _LOWER)
 
 
-def fold(name: str) -> str:
-    """RFC 1459 case folding, how IRC servers compare nicks and channel names (unless their
-    ISUPPORT ``CASEMAPPING`` says otherwise: ``folder``)."""
-    return name.translate(_RFC1459)
+#: folded names remembered per case mapping (every inbound line folds its nick and its target, and a
+#: ``str.translate`` costs several times a dict lookup); bounded: names longer than
+#: ``FOLD_CACHE_NAME`` characters are not kept, and the whole cache is dropped at ``FOLD_CACHE_MAX``
+FOLD_CACHE_MAX = 4096
+FOLD_CACHE_NAME = 64
 
 
-def _strict_rfc1459(name: str) -> str:
-    return name.translate(_STRICT_RFC1459)
+def _cached_fold(table: dict[int, int], doc: str):
+    cache: dict[str, str] = {}
+
+    def fold(name: str) -> str:
+        folded = cache.get(name)
+        if folded is None:
+            folded = name.translate(table)
+            if len(name) <= FOLD_CACHE_NAME:
+                if len(cache) >= FOLD_CACHE_MAX:
+                    cache.clear()
+                cache[name] = folded
+        return folded
+
+    fold.__doc__ = doc
+    return fold
 
 
-def _ascii(name: str) -> str:
-    return name.translate(_ASCII)
+fold = _cached_fold(_RFC1459, """RFC 1459 case folding, how IRC servers compare nicks and channel names
+    (unless their ISUPPORT ``CASEMAPPING`` says otherwise: ``folder``).""")
+_strict_rfc1459 = _cached_fold(_STRICT_RFC1459, "strict RFC 1459 case folding (no ``~`` / ``^``)")
+_ascii = _cached_fold(_ASCII, "ASCII case folding")
 
 
 #: ISUPPORT ``CASEMAPPING`` values -> how that server folds names; others (``rfc7613``, unknown
@@ -98,6 +114,12 @@ def message_lines(verb: str, target: str, text: str, *, prefix: int, action: boo
     head = f"{verb} {target} :".encode()
     wrap_len = 9 if action else 0  # \x01ACTION ... \x01
     budget = LINE_LIMIT - 2 - prefix - len(head) - wrap_len
+    if text.isascii() and text.isprintable() and len(text) <= budget and budget >= 4 and text \
+            and not text.isspace():
+        # the common case, one short line of printable ASCII: what the general path makes of it
+        # (nothing to strip, one line, no split), without its regular expressions
+        body = text.encode()
+        return [head + (b"\x01ACTION " + body + b"\x01" if action else body) + b"\r\n"]
     out = []
     for line in irc_lines(text):
         for piece in split_utf8(line, budget):

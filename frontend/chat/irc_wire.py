@@ -135,6 +135,30 @@ def parse(line: str) -> Optional[Message]:
     return Message(tags, source, command, params)
 
 
+def parse_privmsg(line: str) -> Optional[tuple[str, str, str, str]]:
+    """The lean parse of the commonest line, ``:nick!user@host PRIVMSG <target> :<text>`` without
+    tags: ``(source, nick, target, text)`` exactly as ``parse`` gives them (``Message.source``,
+    ``.nick``, ``.params``), or None for a line of any other shape, which ``parse`` then handles
+    (tags, no source, an empty nick, runs of spaces, a target that is not one word, any other
+    command or spelling). It checks nothing ``parse`` does not: the line is ``LineReader``'s."""
+    if line[:1] != ":":
+        return None
+    sp = line.find(" ")
+    if sp < 2 or not line.startswith("PRIVMSG ", sp + 1):
+        return None
+    end = line.find(" :", sp + 8)
+    if end <= sp + 9:  # no trailing text, or no target before it
+        return None
+    target = line[sp + 9:end]
+    if " " in target:
+        return None
+    source = line[1:sp]
+    nick = source.partition("!")[0]
+    if not nick:
+        return None
+    return source, nick, target, line[end + 2:]
+
+
 class LineReader:
     """Complete lines out of a byte stream, each at most ``limit`` bytes; longer ones are dropped.
 

@@ -148,3 +148,37 @@ def test_speak_gate():
     gate.set_open(True)
     assert gate.open
     assert not SpeakGate(open=False).open
+
+
+# ------------------------------------------------------------------- the lean parse of PRIVMSG
+_PIECES = [":", " ", "  ", "PRIVMSG", "privmsg", "NOTICE", "#c", "n!u@h", "n", "!", "@a=b", " :", "::",
+           "x y", "\x01", "\r", "\x00", "é", "\ufffd"]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(
+    st.lists(st.sampled_from(_PIECES), min_size=1, max_size=10).map("".join),
+    st.tuples(st.sampled_from(["", "@t=1 "]), st.sampled_from([":n!u@h", ":n", ":!x", ":", ":a b", "n!u@h"]),
+              st.sampled_from([" PRIVMSG ", "  PRIVMSG ", " PRIVMSG  ", " privmsg "]),
+              st.sampled_from(["#c", ":#c", "#c d", "", "#c:x", "nick"]),
+              st.sampled_from([" :", " ", "  :", " ::", ""]), st.text(max_size=20)).map("".join)))
+def test_the_lean_privmsg_parse_agrees_with_parse(line):
+    from frontend.chat.irc_wire import parse_privmsg
+    if not line:
+        return
+    fast = parse_privmsg(line)
+    if fast is None:
+        return  # parse handles it
+    msg = parse(line)
+    assert msg is not None and msg.command == "PRIVMSG" and msg.raw_tags is None
+    assert (msg.source, msg.nick, msg.params) == (fast[0], fast[1], [fast[2], fast[3]])
+
+
+def test_the_lean_privmsg_parse_takes_the_traffic_line_and_leaves_the_rest():
+    from frontend.chat.irc_wire import parse_privmsg
+    assert parse_privmsg(":n!u@h PRIVMSG #c :hi there") == ("n!u@h", "n", "#c", "hi there")
+    assert parse_privmsg(":n!u@h PRIVMSG #c :") == ("n!u@h", "n", "#c", "")
+    for line in ["@time=x :n!u@h PRIVMSG #c :hi", ":n!u@h PRIVMSG #c hi", ":n!u@h PRIVMSG :hi",
+                 ":n!u@h PRIVMSG  #c :hi", ":n!u@h privmsg #c :hi", ":!u@h PRIVMSG #c :hi",
+                 "PRIVMSG #c :hi", ":n!u@h PRIVMSG #c d :hi", ":n!u@h NOTICE #c :hi"]:
+        assert parse_privmsg(line) is None, line

@@ -93,3 +93,48 @@ def test_assert_safe_line_refuses_injection():
     for bad in (b"PRIVMSG #c :a\rb\r\n", b"PRIVMSG #c :a\nb\r\n", b"PRIVMSG #c :a\x00\r\n", b"X"):
         with pytest.raises(ValueError):
             assert_safe_line(bad)
+
+
+def _general_message_lines(verb, target, text, *, prefix, action=False):
+    """``message_lines`` without its fast path: the general one, as it was before it."""
+    head = f"{verb} {target} :".encode()
+    budget = LINE_LIMIT - 2 - prefix - len(head) - (9 if action else 0)
+    out = []
+    for line in irc_lines(text):
+        for piece in split_utf8(line, budget):
+            body = piece.encode("utf-8")
+            out.append(head + (b"\x01ACTION " + body + b"\x01" if action else body) + b"\r\n")
+    return out
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.text(alphabet=st.sampled_from(list("ab ~\x7f\x01\r\n\t\x02é")), max_size=40),
+                 st.text(alphabet=st.sampled_from(list("ab ")), min_size=400, max_size=520), st.text()),
+       st.sampled_from([0, 50, 400, 480, 495]), st.booleans())
+def test_the_short_ascii_fast_path_makes_what_the_general_path_makes(text, prefix, action):
+    try:
+        expected = _general_message_lines("PRIVMSG", "#c", text, prefix=prefix, action=action)
+    except ValueError:
+        expected = ValueError
+    try:
+        got = message_lines("PRIVMSG", "#c", text, prefix=prefix, action=action)
+    except ValueError:
+        got = ValueError
+    assert got == expected
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=80))
+def test_fold_is_the_case_mapping_also_from_its_cache(name):
+    table = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ[]\\~", "abcdefghijklmnopqrstuvwxyz{}|^")
+    assert fold(name) == name.translate(table)
+    assert fold(name) == name.translate(table)  # from the cache the second time
+
+
+def test_the_fold_cache_stays_bounded():
+    from frontend.chat import irc_format
+    for i in range(irc_format.FOLD_CACHE_MAX + 10):
+        fold(f"N{i}")
+    assert fold.__closure__ is not None
+    cache = next(c.cell_contents for c in fold.__closure__ if isinstance(c.cell_contents, dict))
+    assert len(cache) <= irc_format.FOLD_CACHE_MAX
