@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import os
 import re
 import shutil
@@ -22,13 +21,11 @@ from redis.retry import Retry
 
 from tests.support.aio import run_async
 from tests.support.irc_client import IrcTestClient, parse_line
-from tests.support.servers import NgircdServer, ProsodyServer, RedisServer, free_port
+from tests.support.names import uniq
+from tests.support.ports import free_port
+from tests.support.servers import NgircdServer, ProsodyServer, RedisServer
 
-_seq = itertools.count()
 
-
-def uniq(stem: str) -> str:
-    return f"{stem}{os.getpid() % 1000}x{next(_seq)}"
 
 
 @pytest.fixture

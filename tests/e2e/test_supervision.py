@@ -13,14 +13,15 @@ import gevent
 import pytest
 
 import frontend.outgoing
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
 
 pytestmark = pytest.mark.e2e
 
 
 def test_a_crashed_outgoing_dispatcher_is_restarted_and_reported(redis_url, redis_client, ngircd,
                                                                   monkeypatch, caplog):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id="sup-fe") as fe:
         push(redis_client, {"type": "join", "room": "sup", "spec": irc_spec(ngircd, "#sup", nick="supbot")})
         events.wait(type="joined", room="sup")

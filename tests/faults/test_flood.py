@@ -15,8 +15,13 @@ import time
 import pytest
 import ujson
 
-from tests.faults import EventLog, Observer, log_tail, proc_alive, report, stop_process, uniq, wait_until
-from tests.support.frontend import FrontendProcess, irc_spec
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, irc_spec, proc_alive, stop_process
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import report
+from tests.support.servers import log_tail
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -17,8 +17,12 @@ import pytest
 import redis
 import ujson
 
-from tests.faults import EventLog, Observer, report, stop_process, uniq, wait_until
-from tests.support.frontend import FrontendProcess, held, irc_spec, push
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, held, irc_spec, push, stop_process
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import report
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -349,7 +353,7 @@ def _http(url: str) -> tuple[int, str]:
 
 
 def test_workers_2_run_two_frontends_under_one_supervisor(redis_url, redis_client, ngircd, tmp_path):
-    from tests.support.servers import free_port
+    from tests.support.ports import free_port
 
     port = free_port()
     base = uniq("wk")

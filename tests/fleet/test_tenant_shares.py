@@ -23,9 +23,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from frontend import tenants
 from frontend.keys import Keys
-from tests.faults import EventLog, Observer, log_tail, report, stop_process, uniq, wait_until
-from tests.ops.helpers import free_port, http_get
-from tests.support.frontend import FrontendProcess, irc_spec, push
+from tests.ops.helpers import http_get
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, irc_spec, push, stop_process
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.ports import free_port
+from tests.support.report import report
+from tests.support.servers import log_tail
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from tests.ops.helpers import greenroom, wait_until
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.ops.helpers import greenroom
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +23,7 @@ def test_status_exits_1_when_no_frontend_is_alive(redis_url, redis_client):
 
 
 def test_status_table_and_json(redis_url, redis_client, ngircd):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id="fe-status", heartbeat_interval=0.5):
         push(redis_client, {"type": "join", "room": "st1", "spec": irc_spec(ngircd, "#status", nick="stbot",
                                                                            tenant="acme")})
@@ -50,7 +52,7 @@ def test_status_table_and_json(redis_url, redis_client, ngircd):
 
 
 def test_dead_list_requeue_purge(redis_url, redis_client, ngircd, irc_client):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     watcher = irc_client("deadwatch")
     watcher.join("#late")
     with running_frontend(redis_url):

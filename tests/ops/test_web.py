@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from gevent.pywsgi import WSGIServer
 
-from tests.ops.helpers import free_port, http_get, wait_until
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.ops.helpers import http_get
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -89,7 +92,7 @@ def text(driver, css: str, timeout: float = 10.0) -> str:
 
 
 def test_dashboard_in_a_real_browser(redis_url, redis_client, ngircd, irc_client, web, browser, tmp_path):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     watcher = irc_client("webwatch")
     watcher.join("#weblate")
     closed = free_port()
@@ -413,7 +416,7 @@ def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser
     tenantops.issue_credentials(redis_client, keys, "globex", redis_url)
     secret_url, _ = tenantops.issue_credentials(redis_client, keys, "globex", redis_url, rotate=True)
     password = secret_url.split("://", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     evil = '<img src=x onerror="window.__pwned=1">'
 
     def rows(css: str = "#rooms tr[id^=room-]") -> list[str]:

@@ -26,7 +26,8 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
-from tests.support.servers import LOOPBACK, RedisServer, Server, _connect, find_binary, free_port
+from tests.support.ports import free_port
+from tests.support.servers import RedisServer, Server, _connect, find_binary
 
 T = TypeVar("T")
 
@@ -472,6 +473,11 @@ class RedisClusterSet:
         running = next((node for node in self.nodes if node.running), self.nodes[0])
         return f"redis://{auth}{running.host}:{running.port}/0"
 
+    @property
+    def cluster_url(self) -> str:
+        """``redis+cluster://h1:p1,h2:p2,...``: every node, as the frontend's ``redis_url`` takes it."""
+        return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in self.addresses)
+
     def client(self, **options: Any) -> RedisCluster:
         options.setdefault("socket_timeout", 2)
         options.setdefault("socket_connect_timeout", 2)
@@ -668,5 +674,4 @@ class RedisClusterSet:
         return f"<RedisClusterSet {[n.port for n in self.nodes]}>"
 
 
-__all__ = ["RedisClusterSet", "RedisNode", "RedisSentinel", "RedisSentinelSet", "SERVICE_NAME", "free_port",
-           "LOOPBACK"]
+__all__ = ["RedisClusterSet", "RedisNode", "RedisSentinel", "RedisSentinelSet", "SERVICE_NAME"]
