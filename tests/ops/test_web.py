@@ -424,7 +424,7 @@ def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser
 
     def submit(css: str) -> str:
         """Click ``css`` and return the flash message of the page it leads to (not the old page's)."""
-        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
         old = browser.find_element("tag name", "html")
         browser.find_element("css selector", css).click()
@@ -435,6 +435,11 @@ def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser
                 return False
             except StaleElementReferenceException:
                 return True
+            except WebDriverException as exc:
+                # the same fact, when chromedriver looks the node up mid-navigation
+                if "does not belong to the document" in str(exc):
+                    return True
+                raise
 
         wait_until(gone, timeout=10, what="the next page")
         return text(browser, "#flash")
