@@ -2,8 +2,11 @@
 
 ``RedisSentinelSet``: a primary, a replica and three sentinels (``redis-server --sentinel``), each a
 ``tests.support.servers.Server`` (foreground child, registered with the reaper, files in its own dir
-under the set's work dir). Sentinel timings are low (``down-after-milliseconds`` 1000,
+under the set's work dir). Sentinel timings are low (``down-after-milliseconds`` 2000,
 ``failover-timeout`` 3000 by default) so a fail-over after ``kill_primary()`` takes a few seconds.
+Not 1000: right after a switch-master a sentinel starts over with the new primary's link, and on a
+loaded machine its first answer can take over a second: the sentinels then "fail over" the healthy
+new primary back to the node ``heal()`` just restarted as its replica.
 Everything binds and announces 127.0.0.1 only.
 
 ``RedisClusterSet``: a Redis Cluster of ``primaries`` (3) primaries with ``replicas`` (1) replica each,
@@ -148,7 +151,7 @@ class RedisSentinel(Server):
     name = "sentinel"
 
     def __init__(self, workdir: str, service: str, primary: tuple[str, int], *, quorum: int = 2,
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+                 down_after_ms: int = 2000, failover_timeout_ms: int = 3000,
                  password: Optional[str] = None) -> None:
         super().__init__(workdir)
         self.service = service
@@ -220,7 +223,7 @@ class RedisSentinelSet:
     """
 
     def __init__(self, workdir: str, *, service_name: str = SERVICE_NAME, password: Optional[str] = None,
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+                 down_after_ms: int = 2000, failover_timeout_ms: int = 3000) -> None:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.service_name = service_name
