@@ -18,11 +18,6 @@ def fe(redis_url):
         yield frontend
 
 
-@pytest.fixture
-def events(redis_client):
-    return EventLog(redis_client)
-
-
 def join(redis_client, events, ngircd, room, channel, **spec):
     push(redis_client, {"type": "join", "room": room, "spec": irc_spec(ngircd, channel, **spec)})
     return events.wait(type="joined", room=room)

@@ -12,7 +12,6 @@ import pytest
 import slixmpp
 
 from frontend.chat import asyncio_bridge as aio
-from tests.support.events import EventLog
 from tests.support.frontend import running_frontend
 from tests.support.names import uniq
 
@@ -136,11 +135,6 @@ def xmpp_user(prosody, xmpp_account) -> Iterator[Callable[..., XmppUser]]:
 def fe(redis_url):
     with running_frontend(redis_url, frontend_id=uniq("xfe")) as frontend:
         yield frontend
-
-
-@pytest.fixture
-def events(redis_client) -> EventLog:
-    return EventLog(redis_client)
 
 
 @pytest.fixture
