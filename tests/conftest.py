@@ -13,8 +13,9 @@ asyncio.set_event_loop_policy(asyncio_gevent.EventLoopPolicy())
 # Session fixtures: ``redis_server``, ``ngircd``, ``prosody`` (each in its own temp dir under /tmp,
 # removed at the end; set GREENROOM_KEEP_TEST_DIRS=1 to keep them and their logs).
 # Function fixtures: ``redis_url`` (flushed, and healed if a test killed or paused the server),
-# ``redis_client``, ``irc_client`` (factory of connected ``IrcTestClient``), ``xmpp_account`` (factory
-# of fresh prosody accounts). Monkey-patching comes first, before anything imports socket/threading.
+# ``redis_client``, ``events`` (an ``EventLog`` of ``messages``), ``irc_client`` (factory of connected
+# ``IrcTestClient``), ``xmpp_account`` (factory of fresh prosody accounts). Monkey-patching comes
+# first, before anything imports socket/threading.
 #
 # Real networks and Redis HA (started only by the tests that ask for them; see the section at the end):
 # ``tls_pki`` (a test CA and certificates), ``inspircd`` + ``atheme`` (InspIRCd 3 with IRCv3 and SASL,
@@ -37,6 +38,7 @@ import redis  # noqa: E402
 from redis.backoff import NoBackoff  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
+from tests.support.events import EventLog  # noqa: E402
 from tests.support.inspircd import AthemeServices, InspircdServer  # noqa: E402
 from tests.support.irc_client import IrcTestClient  # noqa: E402
 from tests.support.redis_ha import RedisClusterSet, RedisSentinelSet  # noqa: E402
@@ -123,6 +125,12 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def events(redis_client: redis.Redis) -> EventLog:
+    """An ``EventLog`` of ``messages`` on the session Redis (through ``redis_client``)."""
+    return EventLog(redis_client)
 
 
 @pytest.fixture

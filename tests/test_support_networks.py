@@ -5,8 +5,6 @@ prosody (STARTTLS required or not) and InspIRCd. Raw sockets and the raw IRC tes
 from __future__ import annotations
 
 import base64
-import itertools
-import os
 import re
 import socket
 import ssl
@@ -16,16 +14,13 @@ import pytest
 
 from tests.support.inspircd import FLOOD_QUIT
 from tests.support.irc_client import IrcTestClient, parse_line
+from tests.support.names import uniq
 from tests.support.tls import TestPKI
 
-_seq = itertools.count()
 
 IRCV3 = ("account-tag", "extended-join", "account-notify", "server-time", "message-tags", "echo-message",
          "batch", "cap-notify", "multi-prefix", "userhost-in-names", "chghost")
 
-
-def uniq(stem: str) -> str:
-    return f"{stem}{os.getpid() % 1000}x{next(_seq)}"
 
 
 # -- InspIRCd: IRCv3 ----------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import itertools
 import os
 import re
 import shutil
@@ -22,13 +21,11 @@ from redis.retry import Retry
 
 from tests.support.aio import run_async
 from tests.support.irc_client import IrcTestClient, parse_line
-from tests.support.servers import NgircdServer, ProsodyServer, RedisServer, free_port
+from tests.support.names import uniq
+from tests.support.ports import free_port
+from tests.support.servers import NgircdServer, ProsodyServer, RedisServer
 
-_seq = itertools.count()
 
-
-def uniq(stem: str) -> str:
-    return f"{stem}{os.getpid() % 1000}x{next(_seq)}"
 
 
 @pytest.fixture
@@ -144,7 +141,8 @@ def test_expect_uses_a_cursor_and_fails_with_the_last_lines(irc_client):
 
 def test_no_flood_penalty_and_long_nicks(irc_client):
     chan = "#" + uniq("flood")
-    sender, watcher = irc_client(uniq("a_rather_long_nickname_")), irc_client(uniq("w"))
+    # 22-25 characters: over 20, and within ngircd's 30 with uniq's run tag and counter
+    sender, watcher = irc_client(uniq("a_long_nickname_")), irc_client(uniq("w"))
     assert len(sender.nick) > 20
     sender.join(chan)
     watcher.join(chan)

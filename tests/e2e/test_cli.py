@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from tests.support.frontend import Events, irc_spec, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, running_frontend
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +53,7 @@ def test_invalid_commands_are_refused_before_pushing(redis_url, redis_client):
 
 
 def test_rooms_shows_the_registry_with_live_state(redis_url, redis_client, ngircd):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url):
         redis_client.rpush("control", json.dumps({"type": "join", "room": "shown",
                                                   "spec": irc_spec(ngircd, "#shown", nick="shownbot")}))

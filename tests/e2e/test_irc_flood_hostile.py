@@ -9,9 +9,11 @@ import gevent
 import pytest
 import ujson
 
-from tests.faults import EventLog, uniq, wait_until
+from tests.support.events import EventLog
 from tests.support.frontend import push, running_frontend
+from tests.support.names import uniq
 from tests.support.scripted_ircd import ScriptedIrcd, irc_stub_spec
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,12 @@ import time
 import pytest
 import ujson
 
-from tests.faults import EventLog, Observer, report, uniq, wait_until
+from tests.support.events import EventLog
 from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import report
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 

@@ -18,9 +18,10 @@ import time
 import pytest
 
 from backend_sdk import Backend, Message
-from tests.faults import EventLog, uniq
 from tests.sdk.helpers import Recorder, running
+from tests.support.events import EventLog
 from tests.support.frontend import push, running_frontend
+from tests.support.names import uniq
 from tests.support.scripted_ircd import ScriptedIrcd, irc_stub_spec
 
 pytestmark = pytest.mark.e2e

@@ -1,29 +1,21 @@
 """IRC rooms end to end: Redis `control` -> frontend -> real ngircd -> raw observer client, and back."""
 
-import itertools
 import re
 
 import pytest
 
-from tests.support.frontend import Events, held, irc_spec, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import held, irc_spec, push, running_frontend
+from tests.support.names import uniq
 
 pytestmark = pytest.mark.e2e
-_seq = itertools.count()
 
-
-def uniq(stem: str) -> str:
-    return f"{stem}{next(_seq)}"
 
 
 @pytest.fixture
 def fe(redis_url):
     with running_frontend(redis_url) as frontend:
         yield frontend
-
-
-@pytest.fixture
-def events(redis_client):
-    return Events(redis_client)
 
 
 def join(redis_client, events, ngircd, room, channel, **spec):
@@ -224,6 +216,6 @@ def test_rooms_share_a_connection_and_events_go_to_their_list(fe, redis_client, 
     join(redis_client, events, ngircd, a, "#" + uniq("sa"), nick=nick)
     push(redis_client, {"type": "join", "room": b,
                         "spec": irc_spec(ngircd, "#" + uniq("sb"), nick=nick, events="messages.team-b")})
-    other = Events(redis_client, "messages.team-b")
+    other = EventLog(redis_client, "messages.team-b")
     assert other.wait(type="joined", room=b)["nick"] == nick  # same nick: same connection
     assert len(fe.sessions) == 1

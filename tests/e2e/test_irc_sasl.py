@@ -11,12 +11,13 @@ import gevent
 import pytest
 from gevent.server import StreamServer
 
-from tests.support.frontend import Events, held, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import held, push, running_frontend
 
 pytestmark = pytest.mark.e2e
 
 
-class ScriptedIrcd:
+class SaslIrcd:
     """Accepts one registration at a time; SASL succeeds for (user, password) only."""
 
     def __init__(self, user: str, password: str, caps: str = "sasl echo-message") -> None:
@@ -24,7 +25,7 @@ class ScriptedIrcd:
         self.received: list[str] = []
         self.server = StreamServer(("127.0.0.1", 0), self._handle)
 
-    def start(self) -> "ScriptedIrcd":
+    def start(self) -> "SaslIrcd":
         self.server.start()
         return self
 
@@ -79,9 +80,9 @@ def spec(port: int, nick: str, password: str) -> dict:
 
 
 def test_sasl_plain_logs_in_and_echo_message_acks(redis_url, redis_client):
-    ircd = ScriptedIrcd("botuser", "s3cret").start()
+    ircd = SaslIrcd("botuser", "s3cret").start()
     try:
-        events = Events(redis_client)
+        events = EventLog(redis_client)
         with running_frontend(redis_url, frontend_id="sasl-fe"):
             push(redis_client, {"type": "join", "room": "s1", "spec": spec(ircd.port, "saslbot", "s3cret")})
             assert events.wait(type="joined", room="s1")["nick"] == "saslbot"
@@ -103,9 +104,9 @@ def test_sasl_plain_logs_in_and_echo_message_acks(redis_url, redis_client):
 
 def test_with_irc_ack_write_echo_message_is_not_requested(redis_url, redis_client):
     """Nothing waits for echoes when a write counts as delivery: asking for them would only cost reads."""
-    ircd = ScriptedIrcd("botuser", "s3cret").start()
+    ircd = SaslIrcd("botuser", "s3cret").start()
     try:
-        events = Events(redis_client)
+        events = EventLog(redis_client)
         with running_frontend(redis_url, frontend_id="write-fe", irc_ack="write"):
             push(redis_client, {"type": "join", "room": "s4", "spec": spec(ircd.port, "writebot", "s3cret")})
             events.wait(type="joined", room="s4")
@@ -123,9 +124,9 @@ def test_with_irc_ack_write_echo_message_is_not_requested(redis_url, redis_clien
 
 
 def test_sasl_failure_is_reported_as_join_failed(redis_url, redis_client):
-    ircd = ScriptedIrcd("botuser", "s3cret").start()
+    ircd = SaslIrcd("botuser", "s3cret").start()
     try:
-        events = Events(redis_client)
+        events = EventLog(redis_client)
         with running_frontend(redis_url):
             push(redis_client, {"type": "join", "room": "s2", "spec": spec(ircd.port, "saslbad", "wrong")})
             error = events.wait(type="error", room="s2")
@@ -136,9 +137,9 @@ def test_sasl_failure_is_reported_as_join_failed(redis_url, redis_client):
 
 
 def test_sasl_required_but_not_offered(redis_url, redis_client):
-    ircd = ScriptedIrcd("botuser", "s3cret", caps="multi-prefix").start()
+    ircd = SaslIrcd("botuser", "s3cret", caps="multi-prefix").start()
     try:
-        events = Events(redis_client)
+        events = EventLog(redis_client)
         with running_frontend(redis_url):
             push(redis_client, {"type": "join", "room": "s3", "spec": spec(ircd.port, "saslno", "s3cret")})
             error = events.wait(type="error", room="s3")

@@ -17,9 +17,12 @@ import time
 
 import pytest
 
-from tests.faults import EventLog, Observer, uniq, wait_until
+from tests.support.events import EventLog
 from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
 from tests.support.scripted_ircd import ScriptedIrcd, irc_stub_spec
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults import uniq, wait_until
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.names import uniq
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +32,7 @@ def _inflight_empty(redis_client) -> bool:
 
 def test_two_tenants_on_one_channel_both_work_and_one_parting_keeps_the_other(
         fe, redis_client, ngircd, irc_client):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     chan, nick = "#" + uniq("both"), uniq("sbot")
     user = irc_client(uniq("u"))
     user.join(chan)
@@ -63,7 +65,7 @@ def test_two_tenants_on_one_channel_both_work_and_one_parting_keeps_the_other(
 
 
 def test_case_variants_of_one_channel_are_one_channel(fe, redis_client, ngircd, irc_client):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     stem, nick = uniq("case"), uniq("cbot")
     upper, lower = "#" + stem.upper(), "#" + stem.lower()
     user = irc_client(uniq("u"))
@@ -81,7 +83,7 @@ def test_case_variants_of_one_channel_are_one_channel(fe, redis_client, ngircd, 
 
 
 def test_a_private_message_never_crosses_a_tenant_boundary(fe, redis_client, ngircd, irc_client):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     nick = uniq("dbot")
     push(redis_client,
          {"type": "join", "room": "da", "spec": irc_spec(ngircd, "#" + uniq("dma"), nick=nick, tenant="acme")},

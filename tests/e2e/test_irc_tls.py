@@ -14,7 +14,8 @@ import gevent
 import pytest
 from gevent.server import StreamServer
 
-from tests.support.frontend import Events, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import push, running_frontend
 
 pytestmark = pytest.mark.e2e
 
@@ -60,7 +61,7 @@ def spec(port, nick, channel, verify):
 
 
 def test_tls_room_joins_and_talks(redis_url, redis_client, tls_front, irc_client):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     watcher = irc_client("tlswatch")
     watcher.join("#tls")
     with running_frontend(redis_url):

@@ -13,7 +13,8 @@ import gevent
 import pytest
 import ujson
 
-from tests.support.frontend import Events, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import push, running_frontend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -41,7 +42,7 @@ def wait_attempts(redis_client, room: str, n: int, timeout: float = 10.0) -> dic
 def test_tls_ca_joins_the_private_ca_server_and_talks(redis_url, redis_client, inspircd, inspircd_client, tls_pki):
     watcher = inspircd_client("tlswatch16")
     watcher.join("#tlsca")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id="irc-tls-ca"):
         push(redis_client, {"type": "join", "room": "ca",
                             "spec": spec(inspircd, inspircd.tls_port, "cabot16", "#tlsca", tls_ca=tls_pki.ca_file)})
@@ -54,7 +55,7 @@ def test_untrusted_certificate_is_join_failed_once_and_rooms_do_not_share(
         redis_url, redis_client, inspircd, tls_pki):
     """Three rooms, one nick, one server: with tls_ca (joins), with tls_verify false (joins), and
     verifying against the system's CAs (refused, with the reason): three connections."""
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     port = inspircd.tls_port
     with running_frontend(redis_url, frontend_id="irc-tls-share", reconnect_min=0.1, reconnect_max=0.4) as fe:
         push(redis_client,
@@ -75,7 +76,7 @@ def test_untrusted_certificate_is_join_failed_once_and_rooms_do_not_share(
 
 def test_a_certificate_for_another_name_and_a_plaintext_port(redis_url, redis_client, inspircd, make_inspircd, tls_pki):
     other = make_inspircd(tls=tls_pki.issue("wrongname", ["wrong.test"]))
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id="irc-tls-name", connect_timeout=1.0):
         push(redis_client,
              {"type": "join", "room": "name",

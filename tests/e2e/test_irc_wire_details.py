@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults import uniq
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.names import uniq
 from tests.support.servers import NgircdServer, _connect, _has_reply
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +38,7 @@ def test_a_server_password_starting_with_a_colon_is_sent_whole(redis_url, redis_
     server = ColonPasswordNgircd(str(tmp_path / "ircd"), password=":colon-secret")
     server.start()
     try:
-        events = Events(redis_client)
+        events = EventLog(redis_client)
         with running_frontend(redis_url, frontend_id=uniq("pw-")):
             push(redis_client, {"type": "join", "room": "pw", "spec": irc_spec(server, "#pw", nick="colonbot",
                                                                            password=":colon-secret")})
@@ -48,7 +49,7 @@ def test_a_server_password_starting_with_a_colon_is_sent_whole(redis_url, redis_
 
 def test_services_are_refused_on_a_connection_shared_across_tenants(redis_url, redis_client, ngircd, irc_client):
     services = irc_client("NickServ")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     nick = uniq("svc")
     with running_frontend(redis_url, frontend_id=uniq("svc-")):
         push(redis_client,

@@ -6,14 +6,15 @@ import time
 
 import pytest
 
-from tests.support.frontend import Events, FrontendProcess, irc_spec, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, irc_spec, push, running_frontend
 from tests.support.servers import NgircdServer
 
 pytestmark = pytest.mark.e2e
 
 
 def test_restart_rejoins_every_room_in_the_registry(redis_url, redis_client, ngircd, irc_client):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     chans = [f"#restart{i}" for i in range(3)]
     watcher = irc_client("rwatch")
     for chan in chans:
@@ -35,7 +36,7 @@ def test_restart_rejoins_every_room_in_the_registry(redis_url, redis_client, ngi
 
 
 def test_200_rooms_in_one_process(redis_url, redis_client, ngircd, irc_client):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, connect_rate=50) as fe:
         commands = []
         for i in range(200):
@@ -55,7 +56,7 @@ def test_200_rooms_in_one_process(redis_url, redis_client, ngircd, irc_client):
 
 
 def test_sigterm_exits_0_within_5_seconds(redis_url, redis_client, ngircd, irc_client, tmp_path):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     watcher = irc_client("termwatch")
     watcher.join("#term")
     proc = FrontendProcess(redis_url, str(tmp_path / "fe.log")).start()
@@ -81,7 +82,7 @@ def test_server_restart_reconnects_and_rejoins(redis_url, redis_client, tmp_path
     server = NgircdServer(str(tmp_path / "ircd"))
     server.start()
     try:
-        events = Events(redis_client)
+        events = EventLog(redis_client)
         with running_frontend(redis_url):
             push(redis_client, {"type": "join", "room": "phoenix", "spec": irc_spec(server, "#phoenix", nick="phx")})
             events.wait(type="joined", room="phoenix")
@@ -97,7 +98,7 @@ def test_server_password_is_sent_and_a_wrong_one_reported(redis_url, redis_clien
     server = NgircdServer(str(tmp_path / "ircd"), password="opensesame")
     server.start()
     try:
-        events = Events(redis_client)
+        events = EventLog(redis_client)
         with running_frontend(redis_url):
             push(redis_client,
                  {"type": "join", "room": "pw-ok", "spec": irc_spec(server, "#pw", nick="pwok", password="opensesame")},

@@ -7,7 +7,8 @@ import gevent
 
 import pytest
 
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +19,7 @@ def ping(room: str, cmd_id: str) -> bytes:
 
 @pytest.fixture
 def fe(redis_url, redis_client, ngircd):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id="rec-fe", recovery_interval=0.3,
                           heartbeat_interval=0.2) as frontend:
         push(redis_client, {"type": "join", "room": "rec", "spec": irc_spec(ngircd, "#rec", nick="recbot")})

@@ -23,9 +23,11 @@ from frontend.config import load_settings
 from frontend.counters import Counters
 from frontend.protocol import Command, parse_spec
 from frontend.sessions import SessionPool
-from tests.faults import Observer, uniq, wait_until
 from tests.support.frontend import FAST, irc_spec
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
 from tests.support.scripted_ircd import ScriptedIrcd, irc_stub_spec
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

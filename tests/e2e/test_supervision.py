@@ -13,14 +13,16 @@ import gevent
 import pytest
 
 import frontend.outgoing
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 def test_a_crashed_outgoing_dispatcher_is_restarted_and_reported(redis_url, redis_client, ngircd,
                                                                   monkeypatch, caplog):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id="sup-fe") as fe:
         push(redis_client, {"type": "join", "room": "sup", "spec": irc_spec(ngircd, "#sup", nick="supbot")})
         events.wait(type="joined", room="sup")
@@ -45,6 +47,9 @@ def test_a_crashed_outgoing_dispatcher_is_restarted_and_reported(redis_url, redi
         try:
             push(redis_client, *[{"type": "ping", "room": "sup", "cmd_id": f"p{i}"} for i in range(20)])
             got = {events.wait(timeout=15, type="pong", room="sup")["cmd_id"] for _ in range(20)}
+            # the pongs can all arrive in one pop, before the watcher's next sample: wait for one
+            # taken since the last restart (the 200 asserted below), with a deadline
+            wait_until(lambda: health[-1] == 200, 5, step=0.01, what="/healthz back to 200")
         finally:
             watcher.kill()
         assert got == {f"p{i}" for i in range(20)}  # nothing lost across three crashes

@@ -22,10 +22,14 @@ import time
 import pytest
 import ujson
 
-from tests.faults import Observer, log_tail, proc_alive, report, stop_process, uniq, wait_until
-from tests.faults import EventLog
+from tests.support.irc_client import Observer
+from tests.support.servers import log_tail
 from frontend.protocol import DEAD_RAW_LIMIT
-from tests.support.frontend import FrontendProcess, held, held_items, irc_spec, push
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, held, held_items, irc_spec, proc_alive, push, stop_process
+from tests.support.names import uniq
+from tests.support.report import report
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 

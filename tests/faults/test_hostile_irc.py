@@ -18,96 +18,19 @@ import time
 import gevent
 import gevent.event
 import pytest
-import redis
 import ujson
 
-from tests.faults import Observer, report, uniq, wait_until
+from tests.support.events import Drain, Pinger
 from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import report, rss_kb
 from tests.support.scripted_ircd import ScriptedIrcd, irc_stub_spec
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-class Collector:
-    """Pops ``messages`` in a greenlet, stamping each event with its arrival (monotonic)."""
-
-    def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=10)
-        self.events: list[tuple[float, dict]] = []
-        self._greenlet = gevent.spawn(self._run)
-
-    def _run(self) -> None:
-        while True:
-            items = self.client.lpop("messages", 1000)
-            if not items:
-                got = self.client.blpop(["messages"], timeout=1)
-                items = [got[1]] if got is not None else []
-            now = time.monotonic()
-            self.events.extend((now, ujson.loads(item)) for item in items)
-
-    def find(self, **match) -> list[dict]:
-        return [e for _, e in self.events if all(e.get(k) == v for k, v in match.items())]
-
-    def wait(self, timeout: float, **match) -> dict:
-        found = wait_until(lambda: self.find(**match), timeout, what=f"an event {match}")
-        return found[0]
-
-    def stop(self) -> None:
-        self._greenlet.kill(block=True, timeout=2)
-        self.client.close()
-
-
-class Pinger:
-    """Pushes a ``ping`` for a room every ``every`` seconds and measures each pong's latency."""
-
-    def __init__(self, client: redis.Redis, collector: Collector, room: str, every: float = 0.2) -> None:
-        self.client, self.collector, self.room, self.every = client, collector, room, every
-        self.sent: dict[str, float] = {}
-        self._stop = gevent.event.Event()
-        self._greenlet = gevent.spawn(self._run)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            cmd_id = f"lat{n}"
-            self.sent[cmd_id] = time.monotonic()
-            try:
-                push(self.client, {"type": "ping", "room": self.room, "cmd_id": cmd_id})
-            except redis.RedisError:
-                self.sent.pop(cmd_id)
-            self._stop.wait(self.every)
-
-    def stop(self) -> dict:
-        # between two pushes, never inside one: a ping killed half-sent would count as missing
-        self._stop.set()
-        self._greenlet.join(timeout=5)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if len(self._latencies()) == len(self.sent):
-                break
-            gevent.sleep(0.1)
-        lat = self._latencies()
-        missing = len(self.sent) - len(lat)
-        return {"pings": len(self.sent), "missing": missing,
-                "max_s": round(max(lat.values()), 3) if lat else None}
-
-    def _latencies(self) -> dict[str, float]:
-        out = {}
-        for t, event in list(self.collector.events):
-            if event.get("type") == "pong" and event.get("room") == self.room and event.get("cmd_id") in self.sent:
-                out[event["cmd_id"]] = t - self.sent[event["cmd_id"]]
-        return out
 
 
 def _flood_server(mode: str, *args: str) -> tuple[subprocess.Popen, int]:
@@ -132,13 +55,13 @@ def _flood_spec(port: int, chan: str) -> dict:
 
 def test_a_16mb_line_and_a_line_flood_leave_the_other_rooms_answering(redis_url, redis_client, ngircd):
     proc, port = _flood_server("long", "--seconds", "4")
-    collector = Collector(redis_url)
+    collector = Drain(redis_url)
     problem = None
     try:
         with running_frontend(redis_url, frontend_id=uniq("long-")) as fe:
             chan, user = _good_room(redis_client, collector, ngircd)
             pinger = Pinger(redis_client, collector, "good")
-            rss0 = _rss_kb()
+            rss0 = rss_kb()
             heard = None
             try:
                 push(redis_client, {"type": "join", "room": "bad", "spec": _flood_spec(port, "#bad")})
@@ -147,11 +70,11 @@ def test_a_16mb_line_and_a_line_flood_leave_the_other_rooms_answering(redis_url,
                 user.privmsg(chan, "during-the-flood")
                 said = time.monotonic()
                 collector.wait(60, type="message", room="good", text="during-the-flood")
-                heard = [t for t, e in collector.events if e.get("text") == "during-the-flood"][0] - said
+                heard = [t for t, e in collector.stamped() if e.get("text") == "during-the-flood"][0] - said
                 collector.wait(60, type="message", room="bad", text="after-flood")
             except AssertionError as exc:
                 problem = exc
-            rss1 = _rss_kb()
+            rss1 = rss_kb()
             latency = pinger.stop()
             too_long = fe.counters["lines_too_long"]
             user.close()
@@ -172,17 +95,17 @@ def test_a_16mb_line_and_a_line_flood_leave_the_other_rooms_answering(redis_url,
 
 def test_an_endless_line_is_dropped_without_holding_it(redis_url, redis_client, ngircd):
     proc, port = _flood_server("endless", "--seconds", "8")
-    collector = Collector(redis_url)
+    collector = Drain(redis_url)
     problem = None
     try:
         with running_frontend(redis_url, frontend_id=uniq("endless-")) as fe:
             _, user = _good_room(redis_client, collector, ngircd)
             pinger = Pinger(redis_client, collector, "good")
-            rss0 = peak = _rss_kb()
+            rss0 = peak = rss_kb()
             push(redis_client, {"type": "join", "room": "bad", "spec": _flood_spec(port, "#bad")})
             deadline = time.monotonic() + 40
             while not collector.find(room="bad", text="after-endless"):
-                peak = max(peak, _rss_kb())
+                peak = max(peak, rss_kb())
                 if time.monotonic() > deadline:
                     problem = AssertionError("the server's next line never arrived")
                     break
@@ -206,14 +129,14 @@ def test_names_with_two_million_nicks_are_tracked_up_to_the_cap_and_released(red
     from frontend.chat.irc_channels import MAX_MEMBERS
 
     proc, port = _flood_server("names", "--nicks", "2000000")
-    collector = Collector(redis_url)
+    collector = Drain(redis_url)
     try:
         with running_frontend(redis_url, frontend_id=uniq("names-")) as fe:
-            rss0 = _rss_kb()
+            rss0 = rss_kb()
             push(redis_client, {"type": "join", "room": "big", "spec": _flood_spec(port, "#big")})
             collector.wait(15, type="joined", room="big")
             collector.wait(60, type="message", room="big", text="after-names")
-            rss1 = _rss_kb()
+            rss1 = rss_kb()
             assert rss1 - rss0 < 40 * 1024, f"the nicks were kept: {(rss1 - rss0) // 1024} MB"
             session = fe.sessions.sessions()[0]
             tracked = session.channels.tracked
@@ -235,7 +158,7 @@ def test_endless_nick_in_use_is_capped_and_backs_off(redis_url, redis_client):
     endless NICK loop at full CPU)."""
     taken = lambda conn, nick: f":scripted 433 * {nick} :Nickname is already in use\r\n".encode()  # noqa: E731
     ircd = ScriptedIrcd(answer_nick=taken).start()
-    collector = Collector(redis_url)
+    collector = Drain(redis_url)
     try:
         with running_frontend(redis_url, frontend_id=uniq("nick-"), reconnect_min=1.0, reconnect_max=2.0):
             push(redis_client, {"type": "join", "room": "n1", "spec": irc_stub_spec(ircd, "#n", "taken")})

@@ -21,9 +21,14 @@ import pytest
 import redis
 import ujson
 
-from tests.faults import EventLog, Observer, log_tail, proc_alive, report, stop_process, uniq, wait_until
-from tests.support.frontend import FrontendProcess, held, irc_spec, push
-from tests.support.servers import free_port
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, dead_letters, held, irc_spec, proc_alive, push, stop_process
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.ports import free_port
+from tests.support.report import report
+from tests.support.servers import log_tail
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -44,10 +49,6 @@ def _healthz(port: int) -> int:
 def _metric(text: str, name: str) -> float:
     found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
     return float(found.group(1)) if found else 0.0
-
-
-def _dead(client: redis.Redis, key: str = "control:dead") -> list[dict]:
-    return [ujson.loads(x) for x in client.lrange(key, 0, -1)]
 
 
 # ------------------------------------------------------------------------------------------- item 1
@@ -85,7 +86,7 @@ def test_strings_utf8_cannot_carry_are_refused_and_no_loop_stops(redis_url, redi
         said = [ln.text for ln in observer.privmsgs(chan)]
         assert said == [f"valid-{i:02d}" for i in range(10)]
         wait_until(lambda: redis_client.llen("control:dead") == len(bad), 10, what="every bad item dead-lettered")
-        dead = _dead(redis_client)
+        dead = dead_letters(redis_client)
         assert all(d["error"]["code"] == "bad_command" for d in dead), dead
         assert sum("lone surrogate" in d["error"]["detail"] for d in dead) >= 8, [d["error"] for d in dead]
         # every loop still runs: events, acks and dead letters still flow, and /healthz says so
@@ -126,7 +127,7 @@ def test_events_may_only_name_events_lists(redis_url, redis_client, ngircd, tmp_
         team.wait(30, type="joined", room=good_room)
         wait_until(lambda: redis_client.llen("control:dead") >= 6, 10, what="six refused joins")
         time.sleep(2.0)  # a self-feeding loop would make thousands by now
-        dead = _dead(redis_client)
+        dead = dead_letters(redis_client)
         assert len(dead) == 6 and all("'events'" in d["error"]["detail"] for d in dead), dead
         assert "legacy" in log_tail(log_path, 200) and "invalid spec" in log_tail(log_path, 200)
         assert redis_client.llen("control") == 0 and not events.find(room="legacy")
@@ -193,7 +194,7 @@ def test_huge_items_are_refused_without_being_held(redis_url, redis_client, tmp_
         peak = _peak_rss_kb(proc.proc.pid)
         report("huge_items", items=len(items), item_mb=10, peak_growth_mb=round((peak - base) / 1024, 1))
         assert peak - base < 120 * 1024, f"the peak RSS grew by {(peak - base) // 1024} MB for 20 items of 10 MB"
-        dead = _dead(redis_client)[1:]
+        dead = dead_letters(redis_client)[1:]
         assert all(d["raw_bytes"] > 10 * 1024 * 1024 and d["raw_truncated"] and len(d["raw"]) <= 4096 * 3
                    for d in dead)
         assert all("limit" in d["error"]["detail"] for d in dead)

@@ -15,9 +15,11 @@ import time
 import pytest
 import ujson
 
-from tests.faults import Observer, uniq, wait_until
-from tests.faults import EventLog
+from tests.support.events import EventLog
 from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -16,9 +16,11 @@ import time
 import pytest
 import ujson
 
-from tests.faults import EventLog, log_tail, proc_alive, report, stop_process, uniq
-from tests.support.frontend import FrontendProcess, irc_spec
-from tests.support.servers import NgircdServer
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, irc_spec, proc_alive, stop_process
+from tests.support.names import uniq
+from tests.support.report import report
+from tests.support.servers import NgircdServer, log_tail
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]

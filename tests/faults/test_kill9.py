@@ -25,9 +25,14 @@ import pytest
 import redis
 import ujson
 
-from tests.faults import EventLog, Observer, count_dups, log_tail, proc_alive, report, uniq, wait_until
-from tests.support.frontend import FrontendProcess, held, held_items, irc_spec
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, held, held_items, irc_spec, proc_alive
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import count_dups, report
+from tests.support.servers import log_tail
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 

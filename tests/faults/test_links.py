@@ -19,11 +19,15 @@ import pytest
 import redis
 import ujson
 
-from tests.faults import (Drain, EventLog, Observer, log_tail, proc_alive, report, stop_process, uniq,
-                          wait_until, with_port)
-from tests.support.frontend import FrontendProcess, irc_spec
-from tests.support.servers import RedisServer
+from tests.support.events import Drain, EventLog
+from tests.support.frontend import FrontendProcess, irc_spec, proc_alive, stop_process
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.ports import with_port
+from tests.support.report import report
+from tests.support.servers import RedisServer, log_tail
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
 

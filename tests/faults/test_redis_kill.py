@@ -16,10 +16,13 @@ import gevent
 import pytest
 import ujson
 
-from tests.faults import (Drain, EventLog, Observer, count_dups, log_tail, proc_alive, report, stop_process,
-                          uniq, wait_until)
-from tests.support.frontend import FrontendProcess, irc_spec
-from tests.support.servers import RedisServer, find_binary
+from tests.support.events import Drain, EventLog
+from tests.support.frontend import FrontendProcess, irc_spec, proc_alive, stop_process
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import count_dups, report
+from tests.support.servers import RedisServer, find_binary, log_tail
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(150)]
 

@@ -17,8 +17,12 @@ import pytest
 import redis
 import ujson
 
-from tests.faults import EventLog, Observer, report, stop_process, uniq, wait_until
-from tests.support.frontend import FrontendProcess, held, irc_spec, push
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, held, irc_spec, push, stop_process
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import report
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -270,8 +274,10 @@ def test_a_frontend_that_starts_later_doubles_no_room_and_takes_new_ones(redis_u
 
 def test_a_frontend_paused_past_its_lease_never_speaks_in_the_rooms_taken_from_it(redis_url, redis_client, ngircd,
                                                                                    tmp_path):
-    # flood control on (1 line/s after a burst of 2), so the paused frontend has lines queued
-    fleet = Fleet(redis_url, tmp_path, 2, **QUICK, flood_rate=1.0, flood_burst=2)
+    # flood control on (4 lines/s after a burst of 2), so the paused frontend has lines queued when it
+    # is stopped (the rate is the test's choice: any rate that leaves lines queued proves the point;
+    # 4/s rather than 1/s lets the new holder say the ~17 left in ~4 s instead of ~17 s)
+    fleet = Fleet(redis_url, tmp_path, 2, **QUICK, flood_rate=4.0, flood_burst=2)
     room, chan, nick = "z0", "#" + uniq("zc"), uniq("zn")
     observer = Observer(ngircd.host, ngircd.port, uniq("zobs"), [chan])
     try:
@@ -293,13 +299,15 @@ def test_a_frontend_paused_past_its_lease_never_speaks_in_the_rooms_taken_from_i
             os.kill(pid, signal.SIGCONT)
         resumed = len(observer.lines)
         wait_until(lambda: len(observer.privmsgs(chan, sender=new_nick)) >= 1, 40, what="the new holder speaking")
-        time.sleep(4.0)  # the paused one had 17 lines queued: none may come after it resumed
+        # the paused one had ~17 lines queued: none may come after it resumed (its bucket refilled while
+        # it was stopped: a frontend that still spoke would send 2 at once and 4/s more within this wait)
+        time.sleep(2.0)
         late = [ln for ln in observer.lines[resumed:] if ln.cmd == "PRIVMSG" and ln.nick.lower() == nick.lower()]
         assert not late, f"the paused frontend spoke after its rooms were taken: {[ln.text for ln in late]}"
         wait_until(lambda: nick.lower() not in {n.lower() for n in names(observer, chan)}, 20,
                    what="the paused frontend out of the channel")
         assert set(holders(redis_client).values()) == {other}
-        # everything is said by someone (the rest by the new holder, at its flood rate of 1 line/s)
+        # everything is said by someone (the rest by the new holder, at its flood rate of 4 lines/s)
         wanted = {f"q-{i:02d}" for i in range(20)}
         wait_until(lambda: {ln.text for ln in observer.privmsgs(chan)} >= wanted, 40, what="every line said")
         late = [ln for ln in observer.lines[resumed:] if ln.cmd == "PRIVMSG" and ln.nick.lower() == nick.lower()]
@@ -349,7 +357,7 @@ def _http(url: str) -> tuple[int, str]:
 
 
 def test_workers_2_run_two_frontends_under_one_supervisor(redis_url, redis_client, ngircd, tmp_path):
-    from tests.support.servers import free_port
+    from tests.support.ports import free_port
 
     port = free_port()
     base = uniq("wk")

@@ -12,14 +12,13 @@ import ujson
 
 from frontend import tenants
 from frontend.keys import Keys
-from tests.faults import EventLog, Observer, stop_process, uniq, wait_until
-from tests.support.frontend import FrontendProcess, irc_spec, push
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, dead_letters, irc_spec, push, stop_process
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-
-def _dead(client: redis.Redis, key: str) -> list[dict]:
-    return [ujson.loads(x) for x in client.lrange(key, 0, -1)]
 
 
 def test_a_join_past_max_rooms_is_refused_and_unregistered_tenants_too(redis_url, redis_client, ngircd, tmp_path):
@@ -39,7 +38,7 @@ def test_a_join_past_max_rooms_is_refused_and_unregistered_tenants_too(redis_url
         push(redis_client, {"type": "join", "room": "u1", "spec": {**irc_spec(ngircd, "#u1", nick="un"), "tenant": "nobody"}},
              {"type": "join", "room": "u2", "spec": irc_spec(ngircd, "#u2", nick="un")})
         wait_until(lambda: redis_client.llen("control:dead") == 3, 15, what="three dead letters")
-        codes = [d["error"]["code"] for d in _dead(redis_client, "control:dead")]
+        codes = [d["error"]["code"] for d in dead_letters(redis_client, "control:dead")]
         assert codes == ["quota_exceeded", "bad_command", "bad_command"], codes
         assert redis_client.scard("tenant:acme:rooms") == 2 and not redis_client.hexists("rooms", "q2")
         # a part frees a place

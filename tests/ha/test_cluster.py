@@ -24,9 +24,12 @@ from backend_sdk import Backend, Message
 from frontend.config import load_settings
 from frontend.errors import ConfigError
 from frontend.web.dashboard import create_app
-from tests.faults import Observer, log_tail, uniq, wait_until
 from tests.ha.traffic import run_failover
 from tests.support.frontend import running_frontend
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.servers import log_tail
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -34,12 +37,8 @@ TAG = "grc"
 PREFIX = "{" + TAG + "}:"
 
 
-def cluster_url(cluster) -> str:
-    return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.addresses)
-
-
 def test_the_core_round_trip_on_a_cluster(redis_cluster, ngircd):
-    url = cluster_url(redis_cluster)
+    url = redis_cluster.cluster_url
     slot = key_slot(TAG.encode())
     owner = redis_cluster._node_for_slot(slot).client()
     chan, nick, fid = "#" + uniq("cl"), uniq("clbot"), uniq("cl-fe-")
@@ -95,8 +94,8 @@ def test_the_core_round_trip_on_a_cluster(redis_cluster, ngircd):
 
 def test_a_cluster_prefix_without_a_hash_tag_is_refused(redis_cluster):
     with pytest.raises(ConfigError, match="hash tag"):
-        load_settings(env={}, overrides={"redis_url": cluster_url(redis_cluster), "key_prefix": "prod:"})
-    done = _cli(cluster_url(redis_cluster), "status", prefix="prod:")
+        load_settings(env={}, overrides={"redis_url": redis_cluster.cluster_url, "key_prefix": "prod:"})
+    done = _cli(redis_cluster.cluster_url, "status", prefix="prod:")
     assert done.returncode != 0 and "hash tag" in done.stderr
 
 
@@ -105,7 +104,7 @@ def test_a_node_failover_under_traffic(redis_cluster, ngircd, tmp_path):
     """The primary of the deployment's slot is SIGKILLed while says and lines flow; its replica takes
     the slot over; with redis_wait_replicas = 1 nothing confirmed is lost."""
     victim = redis_cluster._node_for_slot(key_slot(TAG.encode()))
-    got = run_failover("cluster_failover_wait1", url=cluster_url(redis_cluster), prefix=PREFIX, ngircd=ngircd,
+    got = run_failover("cluster_failover_wait1", url=redis_cluster.cluster_url, prefix=PREFIX, ngircd=ngircd,
                        workdir=tmp_path, wait_replicas=1, says=3000, lines=3000,
                        kill=lambda: redis_cluster.kill_node(victim),
                        promoted=lambda: (redis_cluster.wait_for_failover(), redis_cluster.last_failover_seconds)[1],

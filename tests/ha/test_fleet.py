@@ -9,8 +9,10 @@ import contextlib
 
 import pytest
 
-from tests.faults import Observer, uniq, wait_until
 from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.waiting import wait_until
 from frontend.config import load_settings
 from frontend.redis_conn import shared_client
 

@@ -24,19 +24,18 @@ from redis.sentinel import Sentinel
 from backend_sdk import Backend
 from frontend.config import load_settings
 from frontend.redis_conn import DirectLink, retry_policy, settings_endpoint, shared_client
-from tests.faults import Observer, report, uniq, wait_until
 from tests.support.aio import run_async
 from tests.support.frontend import held, irc_spec, push, running_frontend
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import report
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def settings_for(url: str, **overrides: Any):
     return load_settings(env={}, overrides={"redis_url": url, "frontend_id": "ha-test", **overrides})
-
-
-def cluster_url(cluster: Any) -> str:
-    return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in cluster.addresses)
 
 
 def until_ok(fn: Callable[[], Any], timeout: float = 20.0) -> tuple[Any, float, list[str]]:
@@ -244,7 +243,7 @@ def test_cluster_links_follow_moved_and_a_kill(redis_cluster):
     """On a cluster every client talks to the primary of the deployment's slot: after a graceful
     ``CLUSTER FAILOVER`` (the old primary answers MOVED) and after a SIGKILL of the new one, each
     write lands on the slot's current primary."""
-    settings = settings_for(cluster_url(redis_cluster), key_prefix="{ha}:")
+    settings = settings_for(redis_cluster.cluster_url, key_prefix="{ha}:")
     link, shared, single = DirectLink(settings), shared_client(settings), sdk_blocking_client(settings)
     writes = {"link": lambda v: link.round_trip([("RPUSH", "{ha}:l", v)]),
               "shared": lambda v: shared.rpush("{ha}:l", v), "single": lambda v: single.rpush("{ha}:l", v)}

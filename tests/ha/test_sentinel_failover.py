@@ -17,9 +17,11 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from tests.faults import log_tail, uniq, wait_until
-from tests.support.tcp_proxy import TcpProxy
 from tests.ha.traffic import run_failover
+from tests.support.names import uniq
+from tests.support.servers import log_tail
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 

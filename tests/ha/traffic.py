@@ -30,8 +30,12 @@ import redis
 
 from frontend.config import load_settings
 from frontend.redis_conn import DirectLink, shared_client
-from tests.faults import Observer, count_dups, log_tail, proc_alive, report, uniq, wait_until
-from tests.support.frontend import FrontendProcess, irc_spec
+from tests.support.frontend import FrontendProcess, irc_spec, proc_alive
+from tests.support.irc_client import Observer
+from tests.support.names import uniq
+from tests.support.report import count_dups, report
+from tests.support.servers import log_tail
+from tests.support.waiting import wait_until
 import ujson
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,5 @@
-"""Helpers for the operating tests: free ports, HTTP probes, waiting, the CLI, a notify socket, the
-dashboard served in this process."""
+"""Helpers for the operating tests: HTTP probes, the CLI, a notify socket, a Redis with a password, the
+dashboard served in this process (free ports and waiting: tests/support/ports.py, waiting.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
+from tests.support.ports import free_port
 from tests.support.servers import RedisServer
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -37,17 +32,6 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 def http_json(url: str) -> tuple[int, Any]:
     code, body = http_get(url)
     return code, json.loads(body) if body else None
-
-
-def wait_until(pred: Callable[[], Any], timeout: float = 15.0, step: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 def greenroom(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
@@ -168,7 +152,7 @@ def dashboard(redis_url: str, host: str = "127.0.0.1", **overrides: Any) -> Iter
     from frontend.config import load_settings
     from frontend.web.dashboard import create_app
 
-    port = free_port_on(host)
+    port = free_port(host)
     settings = load_settings(env={}, overrides={"redis_url": redis_url, "web_addr": f"{host}:{port}",
                                                 **overrides})
     server = WSGIServer((host, port), create_app(settings), log=None)
@@ -177,12 +161,6 @@ def dashboard(redis_url: str, host: str = "127.0.0.1", **overrides: Any) -> Iter
         yield f"http://{host}:{port}", settings
     finally:
         server.stop(timeout=2)
-
-
-def free_port_on(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def own_address() -> str | None:

@@ -9,8 +9,10 @@ import time
 
 import pytest
 
-from tests.ops.helpers import cli, free_port, http_json, wait_until
+from tests.ops.helpers import cli, http_json
 from tests.support.frontend import FrontendProcess, irc_spec, push
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 IDS = ("fleet-a", "fleet-b", "fleet-c")

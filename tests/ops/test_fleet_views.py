@@ -8,19 +8,15 @@ import json
 import pytest
 
 from tests.ops.helpers import cli
+from tests.support.frontend import redis_now_ms
 
 pytestmark = pytest.mark.e2e
-
-
-def _now_ms(client) -> int:
-    sec, usec = client.time()
-    return sec * 1000 + usec // 1000
 
 
 def _fleet(client, leases: dict[str, float], holders: dict[str, str], *, sharekeys: dict[str, str] = (),
            weights: dict[str, float] = (), rooms=None) -> None:
     """Leases as seconds from now (negative: expired); every room of ``holders`` (and ``rooms``) in `rooms`."""
-    now = _now_ms(client)
+    now = redis_now_ms(client)
     for fid, left in leases.items():
         client.zadd("fleet:leases", {fid: now + int(left * 1000)})
     for room in list(holders) + list(rooms or []):

@@ -9,8 +9,8 @@ import pytest
 from frontend import status
 from frontend.heartbeat import HISTORY_SECONDS, Heartbeat
 from frontend.keys import Keys
-from tests.ops.helpers import wait_until
 from tests.support.frontend import push, running_frontend
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.ops.helpers import free_port, http_get, http_json, wait_until
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.ops.helpers import http_get, http_json
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 DASHBOARD = Path(__file__).resolve().parents[2] / "configs" / "grafana-dashboard.json"
@@ -41,7 +44,7 @@ def dashboard_metric_names() -> set[str]:
 
 def test_every_metric_of_the_grafana_dashboard_exists(redis_url, redis_client, ngircd, irc_client):
     port = free_port()
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     watcher = irc_client("mwatch")
     watcher.join("#metrics")
     with running_frontend(redis_url, metrics_addr=f"127.0.0.1:{port}"):

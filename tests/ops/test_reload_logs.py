@@ -7,8 +7,11 @@ import signal
 
 import pytest
 
-from tests.ops.helpers import PasswordRedis, free_port, http_get, wait_until
-from tests.support.frontend import Events, FrontendProcess, irc_spec, push, running_frontend
+from tests.ops.helpers import PasswordRedis, http_get
+from tests.support.events import EventLog
+from tests.support.frontend import FrontendProcess, irc_spec, push, running_frontend
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +23,7 @@ def test_sighup_applies_a_valid_file_and_refuses_an_invalid_one(redis_url, redis
     config.write_text(f'log_level = "INFO"\nmetrics_addr = "127.0.0.1:{first}"\nflood_burst = 5\n')
     watcher = irc_client("hupwatch")
     watcher.join("#hup")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     proc = FrontendProcess(redis_url, str(tmp_path / "fe.log"), frontend_id="fe-hup")
     proc.env["GREENROOM_CONFIG"] = str(config)
     proc.start()
@@ -69,7 +72,7 @@ def test_reload_in_process_reaches_sessions(redis_url, redis_client, ngircd, tmp
     """The new Settings reach the frontend, the Outbox, the pool and each live session."""
     from frontend.config import load_settings
 
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url) as fe:
         push(redis_client, {"type": "join", "room": "rl", "spec": irc_spec(ngircd, "#rl", nick="rlbot", flood=None)})
         events.wait(type="joined", room="rl")
@@ -92,7 +95,7 @@ def test_reload_in_process_reaches_sessions(redis_url, redis_client, ngircd, tmp
 
 
 def test_json_log_format_with_room_ids(redis_url, redis_client, ngircd, tmp_path):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     proc = FrontendProcess(redis_url, str(tmp_path / "fe.log"), frontend_id="fe-json", log_format="json")
     proc.start()
     try:

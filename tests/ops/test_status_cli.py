@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from tests.ops.helpers import greenroom, wait_until
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.ops.helpers import cli, greenroom
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +23,7 @@ def test_status_exits_1_when_no_frontend_is_alive(redis_url, redis_client):
 
 
 def test_status_table_and_json(redis_url, redis_client, ngircd):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id="fe-status", heartbeat_interval=0.5):
         push(redis_client, {"type": "join", "room": "st1", "spec": irc_spec(ngircd, "#status", nick="stbot",
                                                                            tenant="acme")})
@@ -50,7 +52,9 @@ def test_status_table_and_json(redis_url, redis_client, ngircd):
 
 
 def test_dead_list_requeue_purge(redis_url, redis_client, ngircd, irc_client):
-    events = Events(redis_client)
+    # the CLI's main() in this process (``cli``): a dozen commands without a new interpreter each; the
+    # other tests here run `python -m frontend.cli` itself
+    events = EventLog(redis_client)
     watcher = irc_client("deadwatch")
     watcher.join("#late")
     with running_frontend(redis_url):
@@ -58,27 +62,27 @@ def test_dead_list_requeue_purge(redis_url, redis_client, ngircd, irc_client):
              b'{"type":"say"}', b"\xff not json")
         wait_until(lambda: redis_client.llen("control:dead") == 3, what="three dead letters")
 
-        result = greenroom("dead", "list", "--redis-url", redis_url)
+        result = cli("dead", "list", "--redis-url", redis_url)
         assert result.returncode == 0, result.stderr
         assert "unknown_room" in result.stdout and "bad_command" in result.stdout
         assert "3 dead letters" in result.stdout
-        rows = json.loads(greenroom("dead", "list", "--json", "--redis-url", redis_url).stdout)["dead"]
+        rows = json.loads(cli("dead", "list", "--json", "--redis-url", redis_url).stdout)["dead"]
         assert [r["code"] for r in rows] == ["unknown_room", "bad_command", "bad_command"]
         late = rows[0]
         assert "better late" in late["raw"] and late["frontend"] == "test-fe"
 
-        assert greenroom("dead", "requeue", "--redis-url", redis_url).returncode == 2  # nothing named
+        assert cli("dead", "requeue", "--redis-url", redis_url).returncode == 2  # nothing named
         push(redis_client, {"type": "join", "room": "late", "spec": irc_spec(ngircd, "#late", nick="latebot")})
         events.wait(type="joined", room="late")
-        result = greenroom("dead", "requeue", late["id"], "--redis-url", redis_url)
+        result = cli("dead", "requeue", late["id"], "--redis-url", redis_url)
         assert result.returncode == 0 and "requeued 1" in result.stdout, result.stdout + result.stderr
         watcher.expect(r":latebot!\S+ PRIVMSG #late :better late than never")
         assert redis_client.llen("control:dead") == 2
 
-        result = greenroom("dead", "purge", rows[1]["id"], "--redis-url", redis_url)
+        result = cli("dead", "purge", rows[1]["id"], "--redis-url", redis_url)
         assert "purged 1" in result.stdout and redis_client.llen("control:dead") == 1
-        assert greenroom("dead", "requeue", "no-such-id", "--redis-url", redis_url).returncode == 1
-        result = greenroom("dead", "purge", "--all", "--redis-url", redis_url)
+        assert cli("dead", "requeue", "no-such-id", "--redis-url", redis_url).returncode == 1
+        result = cli("dead", "purge", "--all", "--redis-url", redis_url)
         assert "purged 1" in result.stdout and redis_client.llen("control:dead") == 0
 
     # messages:dead as backend_sdk writes it: the event as received, the error, the traceback
@@ -86,10 +90,10 @@ def test_dead_list_requeue_purge(redis_url, redis_client, ngircd, irc_client):
     redis_client.rpush("messages:dead", json.dumps({"event": event, "error": "KeyError: 'x'",
                                                     "traceback": "Traceback ...", "handler": "on_message",
                                                     "consumer": "b1", "ts": 1.0}))
-    rows = json.loads(greenroom("dead", "list", "--which", "messages", "--json",
+    rows = json.loads(cli("dead", "list", "--which", "messages", "--json",
                                 "--redis-url", redis_url).stdout)["dead"]
     assert (rows[0]["code"], rows[0]["raw"], rows[0]["frontend"]) == ("KeyError", event, "b1")
     assert "on_message" in rows[0]["detail"]
-    assert "requeued 1" in greenroom("dead", "requeue", "--all", "--which", "messages",
+    assert "requeued 1" in cli("dead", "requeue", "--all", "--which", "messages",
                                      "--redis-url", redis_url).stdout
     assert json.loads(redis_client.rpop("messages"))["text"] == "hi"

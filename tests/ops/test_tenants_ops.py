@@ -12,10 +12,12 @@ import redis
 
 from frontend import tenants
 from frontend.keys import Keys
-from tests.faults import uniq
-from tests.ops.helpers import PasswordRedis, cli, greenroom, wait_until
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.ops.helpers import PasswordRedis, cli, greenroom
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, redis_now_ms, running_frontend
+from tests.support.names import uniq
 from tests.support.servers import RedisServer
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -326,13 +328,8 @@ def test_an_acl_file_keeps_a_tenants_user_across_a_redis_restart_and_not_a_revok
 
 
 # ------------------------------------------------------------------------------ status by tenant
-def _now_ms(client) -> int:
-    sec, usec = client.time()
-    return sec * 1000 + usec // 1000
-
-
 def _beat(client, fid: str, *, lease_ms: int, tenants_field=None, raw: bytes | None = None) -> None:
-    client.zadd("fleet:leases", {fid: _now_ms(client) + lease_ms})
+    client.zadd("fleet:leases", {fid: redis_now_ms(client) + lease_ms})
     fields = {"host": "h", "pid": "1", "started": str(time.time() - 60), "rooms": "0"}
     if tenants_field is not None:
         fields["tenants"] = json.dumps(tenants_field)
@@ -394,7 +391,7 @@ def test_status_by_tenant_sums_the_live_frontends_heartbeats(redis_url, redis_cl
 def test_status_by_tenant_with_a_real_frontend(redis_url, redis_client, ngircd):
     keys = Keys("")
     tenants.save(redis_client, keys, tenants.Tenant("acme", max_rooms=2))
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     url = ["--redis-url", redis_url]
     with running_frontend(redis_url, frontend_id="fe-tenants", heartbeat_interval=0.3, lease_time=3.0,
                           lease_margin=1.0) as fe:

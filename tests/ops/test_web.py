@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from gevent.pywsgi import WSGIServer
 
-from tests.ops.helpers import free_port, http_get, wait_until
-from tests.support.frontend import Events, irc_spec, push, running_frontend
+from tests.ops.helpers import http_get
+from tests.support.events import EventLog
+from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -89,7 +92,7 @@ def text(driver, css: str, timeout: float = 10.0) -> str:
 
 
 def test_dashboard_in_a_real_browser(redis_url, redis_client, ngircd, irc_client, web, browser, tmp_path):
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     watcher = irc_client("webwatch")
     watcher.join("#weblate")
     closed = free_port()
@@ -413,7 +416,7 @@ def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser
     tenantops.issue_credentials(redis_client, keys, "globex", redis_url)
     secret_url, _ = tenantops.issue_credentials(redis_client, keys, "globex", redis_url, rotate=True)
     password = secret_url.split("://", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     evil = '<img src=x onerror="window.__pwned=1">'
 
     def rows(css: str = "#rooms tr[id^=room-]") -> list[str]:
@@ -421,7 +424,7 @@ def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser
 
     def submit(css: str) -> str:
         """Click ``css`` and return the flash message of the page it leads to (not the old page's)."""
-        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
         old = browser.find_element("tag name", "html")
         browser.find_element("css selector", css).click()
@@ -432,6 +435,11 @@ def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser
                 return False
             except StaleElementReferenceException:
                 return True
+            except WebDriverException as exc:
+                # the same fact, when chromedriver looks the node up mid-navigation
+                if "does not belong to the document" in str(exc):
+                    return True
+                raise
 
         wait_until(gone, timeout=10, what="the next page")
         return text(browser, "#flash")

@@ -20,7 +20,9 @@ from frontend.errors import ConfigError
 from frontend.protocol import dead_letter
 from frontend.sealing import SpecSealer, new_key
 from frontend.web.dashboard import create_app
-from tests.ops.helpers import dashboard, free_port, http, own_address, wait_until
+from tests.ops.helpers import dashboard, http, own_address
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 TOKEN = "guard-token-456"

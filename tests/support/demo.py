@@ -17,7 +17,8 @@ import threading
 
 import ujson
 
-from tests.support.servers import NgircdServer, ProsodyServer, RedisServer, free_port
+from tests.support.ports import free_port
+from tests.support.servers import NgircdServer, ProsodyServer, RedisServer
 
 PORTS = {"redis": 16379, "irc": 16667, "xmpp": 15222}
 

@@ -73,42 +73,18 @@ class FrontendProcess:
             return fh.read()
 
 
-class Events:
-    """Pops events from a list and hands out the ones a test waits for, in arrival order.
+def stop_process(proc: Any, timeout: float = 10.0) -> None:
+    """Stop a ``FrontendProcess`` (or None) that may still run: SIGTERM, then SIGKILL if that fails."""
+    if proc is not None and proc_alive(proc.proc):
+        try:
+            proc.terminate(timeout=timeout)
+        except Exception:
+            proc.kill()
 
-    An event not matched yet stays available to later waits, so a test may wait for events in any
-    order; ``seen`` keeps everything popped.
-    """
 
-    def __init__(self, client: redis.Redis, key: str = "messages") -> None:
-        self.client = client
-        self.key = key
-        self.seen: list[dict] = []
-        self._unmatched: list[dict] = []
-
-    def _pop(self, timeout: float) -> None:
-        # short blocks: the client's socket timeout must stay above the block time
-        item = self.client.blpop([self.key], timeout=min(2.0, max(0.01, timeout)))
-        if item is not None:
-            event = ujson.loads(item[1])
-            self.seen.append(event)
-            self._unmatched.append(event)
-
-    def wait(self, timeout: float = 10.0, **match: Any) -> dict:
-        """The oldest event not handed out yet whose fields equal ``match``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i, event in enumerate(self._unmatched):
-                if all(event.get(k) == v for k, v in match.items()):
-                    return self._unmatched.pop(i)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no event matching {match} within {timeout}s; "
-                                     f"last seen: {self.seen[-10:]}")
-            self._pop(left)
-
-    def wait_many(self, n: int, timeout: float = 30.0, **match: Any) -> list[dict]:
-        return [self.wait(timeout, **match) for _ in range(n)]
+def proc_alive(proc: Any) -> bool:
+    """A ``subprocess.Popen`` (or None) still running."""
+    return proc is not None and proc.poll() is None
 
 
 def irc_spec(server: Any, channel: str, nick: str = "bot", **extra: Any) -> dict:
@@ -137,3 +113,14 @@ def held(client: redis.Redis, frontend_id: str, prefix: str = "") -> int:
     pipe.llen(f"{prefix}control:landing:{frontend_id}")
     pipe.llen(f"{prefix}control:inflight:{frontend_id}")
     return sum(pipe.execute())
+
+
+def dead_letters(client: redis.Redis, key: str = "control:dead") -> list[dict]:
+    """The entries of a dead-letter list (``control:dead`` by default), decoded."""
+    return [ujson.loads(x) for x in client.lrange(key, 0, -1)]
+
+
+def redis_now_ms(client: redis.Redis) -> int:
+    """The Redis server's clock (TIME) in milliseconds: what leases and heartbeats are measured by."""
+    sec, usec = client.time()
+    return sec * 1000 + usec // 1000

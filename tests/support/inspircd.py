@@ -31,7 +31,8 @@ import time
 from string import Template
 from typing import Any, Optional
 
-from tests.support.servers import CONFIGS, Server, _connect, _has_reply, _tail, find_binary, free_port
+from tests.support.ports import free_port
+from tests.support.servers import CONFIGS, Server, _connect, _has_reply, find_binary, log_tail
 
 #: What InspIRCd 3.15 says when it kills a client for flooding (fakelag off): the client gets
 #: ``ERROR :Closing link: (user@host) [Excess Flood]`` and the others see ``QUIT :Excess Flood``.
@@ -140,7 +141,7 @@ class InspircdServer(Server):
                     return False
 
     def log_tail(self, n: int = 50) -> str:
-        return f"{_tail(self.log_path, n)}\n---- {self.ircd_log_path}:\n{_tail(self.ircd_log_path, n)}"
+        return f"{log_tail(self.log_path, n)}\n---- {self.ircd_log_path}:\n{log_tail(self.ircd_log_path, n)}"
 
 
 class AthemeServices(Server):
@@ -227,5 +228,5 @@ class AthemeServices(Server):
             return reply.text
 
     def log_tail(self, n: int = 50) -> str:
-        return (f"{_tail(self.log_path, n)}\n---- {self.services_log_path}:\n{_tail(self.services_log_path, n)}"
-                f"\n---- the ircd ({self.ircd.ircd_log_path}):\n{_tail(self.ircd.ircd_log_path, 15)}")
+        return (f"{log_tail(self.log_path, n)}\n---- {self.services_log_path}:\n{log_tail(self.services_log_path, n)}"
+                f"\n---- the ircd ({self.ircd.ircd_log_path}):\n{log_tail(self.ircd.ircd_log_path, 15)}")

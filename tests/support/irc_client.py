@@ -13,6 +13,11 @@ IRCv3: ``caps=("account-tag", "message-tags", ...)`` negotiates capabilities (``
 its values, ``caps`` what it acknowledged) and ``sasl=(account, password)`` logs in with SASL PLAIN
 before registration (``sasl_replies``: the 900/903 lines; a refusal raises AssertionError with the
 numeric, e.g. 904). Parsed lines carry their message tags in ``IrcLine.tags`` (unescaped).
+
+``Observer`` is the other kind of test user: one that watches what the bot does, in many channels at
+once, with each line's arrival time (``IrcLine.t``) for measuring rates and pauses. It has no cursor:
+``wait()`` scans from the start (or a given index), ``from_nick()`` and ``privmsgs()`` filter
+everything received. It runs on gevent (the fault tests' greenlets).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Pattern, Sequence, Union
+from typing import Callable, Iterable, Optional, Pattern, Sequence, Union
+
+import gevent
 
 CONNECT_TIMEOUT = 10.0
 
@@ -35,9 +42,11 @@ _SASL_ENDS = {"903", "902", "904", "905", "906", "907", "908"}
 _JOIN_ERRORS = {"403", "405", "437", "471", "473", "474", "475", "476", "477", "489"}
 
 
-@dataclass
+@dataclass(eq=False)
 class IrcLine:
-    """One line from the server, parsed (IRCv3 message tags in ``tags``, unescaped; "" for a bare key)."""
+    """One line from the server, parsed (IRCv3 message tags in ``tags``, unescaped; "" for a bare key);
+    ``t``: when it arrived (monotonic; set by ``Observer``). Equal only to itself (a line received
+    twice is two lines)."""
 
     raw: str
     prefix: str = ""
@@ -46,6 +55,16 @@ class IrcLine:
     params: list[str] = field(default_factory=list)
     text: str = ""  # the last parameter, or ""
     tags: dict[str, str] = field(default_factory=dict)
+    t: float = 0.0
+
+    @property
+    def cmd(self) -> str:
+        return self.command
+
+    @property
+    def target(self) -> str:
+        """The first parameter (a PRIVMSG's channel or nick), or ""."""
+        return self.params[0] if self.params else ""
 
 
 _TAG_ESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
@@ -362,3 +381,119 @@ def _describe(pattern: Matcher) -> str:
     if isinstance(pattern, str):
         return repr(pattern)
     return getattr(pattern, "__name__", "a predicate")
+
+
+class Observer:
+    """A raw IRC client for watching what the bot does, with arrival times.
+
+    ``lines`` holds every line from the server (``IrcLine``, ``t`` set), in order. The reader greenlet
+    answers PING itself. ``from_nick(nick)`` filters lines whose prefix is that nick (case-insensitive).
+    """
+
+    def __init__(self, host: str, port: int, nick: str, channels: Iterable[str] = (),
+                 timeout: float = 15.0) -> None:
+        self.host, self.port, self.nick = host, port, nick
+        self.lines: list[IrcLine] = []
+        self.closed = False
+        self._buf = b""
+        self._sock = socket.create_connection((host, port), timeout=timeout)
+        self._sock.settimeout(None)
+        self._reader = gevent.spawn(self._read)
+        self.send_raw(f"NICK {nick}")
+        self.send_raw(f"USER {nick[:10]} 0 * :observer")
+        self.wait(lambda ln: ln.cmd == "001", timeout, what=f"{nick} registered")
+        chans = list(channels)
+        for start in range(0, len(chans), 20):
+            self.join(*chans[start:start + 20], timeout=timeout)
+
+    # ------------------------------------------------------------------------------- sending
+    def send_raw(self, line: str | bytes) -> None:
+        data = line if isinstance(line, bytes) else line.encode("utf-8")
+        self._sock.sendall(data + b"\r\n")
+
+    def send_many(self, lines: list[bytes]) -> None:
+        self._sock.sendall(b"".join(line + b"\r\n" for line in lines))
+
+    def privmsg(self, target: str, text: str) -> None:
+        self.send_raw(f"PRIVMSG {target} :{text}")
+
+    def join(self, *channels: str, timeout: float = 15.0) -> None:
+        self.send_raw("JOIN " + ",".join(channels))
+        want = {c.lower() for c in channels}
+        done: set[str] = set()
+
+        def joined(ln: IrcLine) -> bool:
+            if ln.cmd == "366" and len(ln.params) > 1 and ln.params[1].lower() in want:
+                done.add(ln.params[1].lower())
+            return done >= want
+        self.wait(joined, timeout, what=f"{self.nick} joined {channels}", from_start=True)
+
+    # ------------------------------------------------------------------------------- reading
+    def _read(self) -> None:
+        sock = self._sock
+        while True:
+            try:
+                data = sock.recv(262144)
+            except OSError:
+                break
+            if not data:
+                break
+            now = time.monotonic()
+            buf = self._buf + data
+            *complete, self._buf = buf.split(b"\r\n")
+            pongs = []
+            for raw in complete:
+                if not raw:
+                    continue
+                line = parse_line(raw.decode("utf-8", "replace"))
+                line.t = now
+                if line.cmd == "PING":
+                    pongs.append(b"PONG :" + (line.params[0].encode() if line.params else b"x"))
+                self.lines.append(line)
+            if pongs:
+                try:
+                    self.send_many(pongs)
+                except OSError:
+                    break
+        self.closed = True
+
+    def wait(self, pred: Callable[[IrcLine], bool], timeout: float = 10.0, *, what: str = "a line",
+             from_start: bool = False, start: int | None = None) -> IrcLine:
+        """The first line (from ``start``, default: any) matching ``pred``, waiting up to ``timeout``."""
+        index = 0 if (from_start or start is None) else start
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.lines
+            while index < len(lines):
+                if pred(lines[index]):
+                    return lines[index]
+                index += 1
+            if time.monotonic() >= deadline:
+                tail = [ln.raw for ln in self.lines[-8:]]
+                raise AssertionError(f"{self.nick}: no line for {what} within {timeout}s; last: {tail}")
+            if self.closed:
+                raise AssertionError(f"{self.nick}: connection closed while waiting for {what}")
+            gevent.sleep(0.02)
+
+    def from_nick(self, nick: str) -> list[IrcLine]:
+        n = nick.lower()
+        return [ln for ln in self.lines if ln.nick.lower() == n]
+
+    def privmsgs(self, channel: str | None = None, sender: str | None = None) -> list[IrcLine]:
+        c = channel.lower() if channel else None
+        s = sender.lower() if sender else None
+        return [ln for ln in self.lines if ln.cmd == "PRIVMSG"
+                and (c is None or ln.target.lower() == c) and (s is None or ln.nick.lower() == s)]
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self.send_raw("QUIT :observer done")
+            except OSError:
+                pass
+        self.closed = True
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._reader.kill(block=True, timeout=2)

@@ -2,8 +2,11 @@
 
 ``RedisSentinelSet``: a primary, a replica and three sentinels (``redis-server --sentinel``), each a
 ``tests.support.servers.Server`` (foreground child, registered with the reaper, files in its own dir
-under the set's work dir). Sentinel timings are low (``down-after-milliseconds`` 1000,
+under the set's work dir). Sentinel timings are low (``down-after-milliseconds`` 2000,
 ``failover-timeout`` 3000 by default) so a fail-over after ``kill_primary()`` takes a few seconds.
+Not 1000: right after a switch-master a sentinel starts over with the new primary's link, and on a
+loaded machine its first answer can take over a second: the sentinels then "fail over" the healthy
+new primary back to the node ``heal()`` just restarted as its replica.
 Everything binds and announces 127.0.0.1 only.
 
 ``RedisClusterSet``: a Redis Cluster of ``primaries`` (3) primaries with ``replicas`` (1) replica each,
@@ -26,7 +29,8 @@ import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
 
-from tests.support.servers import LOOPBACK, RedisServer, Server, _connect, find_binary, free_port
+from tests.support.ports import free_port
+from tests.support.servers import RedisServer, Server, _connect, find_binary
 
 T = TypeVar("T")
 
@@ -147,7 +151,7 @@ class RedisSentinel(Server):
     name = "sentinel"
 
     def __init__(self, workdir: str, service: str, primary: tuple[str, int], *, quorum: int = 2,
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000,
+                 down_after_ms: int = 2000, failover_timeout_ms: int = 3000,
                  password: Optional[str] = None) -> None:
         super().__init__(workdir)
         self.service = service
@@ -219,7 +223,7 @@ class RedisSentinelSet:
     """
 
     def __init__(self, workdir: str, *, service_name: str = SERVICE_NAME, password: Optional[str] = None,
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+                 down_after_ms: int = 2000, failover_timeout_ms: int = 3000) -> None:
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.service_name = service_name
@@ -472,6 +476,11 @@ class RedisClusterSet:
         running = next((node for node in self.nodes if node.running), self.nodes[0])
         return f"redis://{auth}{running.host}:{running.port}/0"
 
+    @property
+    def cluster_url(self) -> str:
+        """``redis+cluster://h1:p1,h2:p2,...``: every node, as the frontend's ``redis_url`` takes it."""
+        return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in self.addresses)
+
     def client(self, **options: Any) -> RedisCluster:
         options.setdefault("socket_timeout", 2)
         options.setdefault("socket_connect_timeout", 2)
@@ -668,5 +677,4 @@ class RedisClusterSet:
         return f"<RedisClusterSet {[n.port for n in self.nodes]}>"
 
 
-__all__ = ["RedisClusterSet", "RedisNode", "RedisSentinel", "RedisSentinelSet", "SERVICE_NAME", "free_port",
-           "LOOPBACK"]
+__all__ = ["RedisClusterSet", "RedisNode", "RedisSentinel", "RedisSentinelSet", "SERVICE_NAME"]

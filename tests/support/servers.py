@@ -26,22 +26,16 @@ from typing import Any, Optional, TypeVar
 
 import redis
 
+from tests.support.ports import LOOPBACK, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
-LOOPBACK = "127.0.0.1"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 
 S = TypeVar("S", bound="Server")
 
 _children: list[subprocess.Popen] = []
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def find_binary(name: str) -> str:
@@ -114,7 +108,8 @@ class _Reaper:
 _reaper = _Reaper()
 
 
-def _tail(path: str, n: int) -> str:
+def log_tail(path: str, n: int = 40) -> str:
+    """The last ``n`` lines of a log file (a note instead when there is none)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return "".join(fh.readlines()[-n:])
@@ -256,7 +251,7 @@ class Server:
 
     def log_tail(self, n: int = 50) -> str:
         """The last ``n`` lines of the server's log."""
-        return _tail(self.log_path, n)
+        return log_tail(self.log_path, n)
 
     def __enter__(self: S) -> S:
         return self.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any, Callable, Iterator
 
@@ -13,13 +12,10 @@ import pytest
 import slixmpp
 
 from frontend.chat import asyncio_bridge as aio
-from tests.support.frontend import Events, running_frontend
+from tests.support.frontend import running_frontend
+from tests.support.names import uniq
 
-_seq = itertools.count()
 
-
-def uniq(stem: str) -> str:
-    return f"{stem}{next(_seq)}"
 
 
 def xmpp_spec(prosody: Any, jid: str, password: str, muc: str, nick: str = "bot", **extra: Any) -> dict:
@@ -139,11 +135,6 @@ def xmpp_user(prosody, xmpp_account) -> Iterator[Callable[..., XmppUser]]:
 def fe(redis_url):
     with running_frontend(redis_url, frontend_id=uniq("xfe")) as frontend:
         yield frontend
-
-
-@pytest.fixture
-def events(redis_client) -> Events:
-    return Events(redis_client)
 
 
 @pytest.fixture

@@ -16,23 +16,17 @@ from __future__ import annotations
 import gevent
 import pytest
 
-from tests.faults import EventLog, report, uniq, wait_until
-from tests.faults.test_hostile_irc import Collector, Pinger
+from tests.support.events import Drain, EventLog, Pinger
 from tests.support.frontend import irc_spec, push, running_frontend
+from tests.support.names import uniq
+from tests.support.report import report, rss_kb
 from tests.support.scripted_xmpp import ScriptedXmppServer, stub_spec
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 #: occupants' presences in the flood: past the 5,000 tracked per MUC (enough to pass the bound)
 PRESENCES = 7_000
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def _roster_resources(client) -> int:
@@ -61,13 +55,13 @@ def test_a_stanza_that_never_ends_drops_the_stream_and_is_not_held(redis_url, re
     try:
         events = EventLog(redis_url)
         with running_frontend(redis_url, frontend_id=uniq("xhuge-"), reconnect_min=0.3, reconnect_max=1.0) as fe:
-            rss0 = _rss_kb()
+            rss0 = rss_kb()
             push(redis_client, {"type": "join", "room": "xh", "spec": stub_spec(server)})
             events.wait(type="joined", room="xh", timeout=15)
             peak = rss0
             deadline = gevent.get_hub().loop.now() + 15
             while len(server.conns) < 2 and gevent.get_hub().loop.now() < deadline:
-                peak = max(peak, _rss_kb())
+                peak = max(peak, rss_kb())
                 gevent.sleep(0.05)
             too_big = fe.counters["stanzas_too_big"]
         assert peak - rss0 < 20 * 1024, f"{(peak - rss0) // 1024} MB held for one stanza"
@@ -88,7 +82,7 @@ def test_a_presence_flood_is_tracked_within_bounds(redis_url, redis_client, ngir
         conn.send(f"<message from='{muc}/alice' to='{me}' type='groupchat'><body>after-presences</body></message>")
 
     server = ScriptedXmppServer(flood).start()
-    collector = Collector(redis_url)
+    collector = Drain(redis_url)
     try:
         with running_frontend(redis_url, frontend_id=uniq("xflood-")) as fe:
             push(redis_client, {"type": "join", "room": "good",

@@ -11,7 +11,8 @@ import ujson
 from slixmpp import JID
 
 from frontend.chat import asyncio_bridge as aio
-from tests.support.frontend import Events, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import push, running_frontend
 from tests.support.tcp_proxy import TcpProxy
 from tests.xmpp.conftest import XmppUser, uniq, xmpp_spec
 
@@ -41,7 +42,7 @@ def test_prosody_restart_rejoins_and_messages_flow(fe, redis_client, events, pro
 
 def test_dropped_stream_resumes_or_rejoins(redis_url, redis_client, prosody, xmpp_account, xmpp_user, muc):
     jid, password = xmpp_account("bot")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with TcpProxy(prosody.host, prosody.port) as proxy, running_frontend(redis_url, frontend_id=uniq("xfe")):
         spec = {**xmpp_spec(prosody, jid, password, muc), "port": proxy.port}
         room = uniq("x")
@@ -59,7 +60,7 @@ def test_dropped_stream_resumes_or_rejoins(redis_url, redis_client, prosody, xmp
 
 def test_silent_network_is_detected_by_the_keepalive(redis_url, redis_client, prosody, xmpp_account, muc):
     jid, password = xmpp_account("bot")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with TcpProxy(prosody.host, prosody.port) as proxy, running_frontend(
             redis_url, frontend_id=uniq("xfe"), ping_interval=1.0, ping_timeout=1.0, connect_timeout=3.0):
         room = uniq("x")
@@ -110,7 +111,7 @@ def _pending_event_waits() -> int:
 def test_a_quiet_room_does_not_pile_up_self_ping_tasks(redis_url, redis_client, prosody, xmpp_account, muc):
     """slixmpp's XEP-0410 scheduler left one task pending per quiet interval (frontend/chat/xmpp_selfping.py)."""
     jid, password = xmpp_account("bot")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xfe"), ping_interval=0.2, ping_timeout=2.0):
         room = uniq("x")
         push(redis_client, {"type": "join", "room": room, "spec": xmpp_spec(prosody, jid, password, muc)})

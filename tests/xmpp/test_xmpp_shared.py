@@ -19,8 +19,8 @@ from frontend.counters import Counters
 from frontend.protocol import Command
 from frontend.sessions import SessionPool
 from tests.e2e.test_session_contract import RecordingRoom
-from tests.faults import wait_until
 from tests.support.frontend import FAST, push
+from tests.support.waiting import wait_until
 from tests.xmpp.conftest import uniq, xmpp_spec
 
 pytestmark = pytest.mark.e2e

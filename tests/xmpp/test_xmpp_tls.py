@@ -20,7 +20,8 @@ import gevent
 import pytest
 import ujson
 
-from tests.support.frontend import Events, push, running_frontend
+from tests.support.events import EventLog
+from tests.support.frontend import push, running_frontend
 from tests.xmpp.conftest import uniq, xmpp_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -56,7 +57,7 @@ def wait_state(redis_client, room: str, timeout: float = 10.0, **match) -> dict:
             gevent.sleep(0.05)
 
 
-def join_failures(events: Events, room: str) -> list[str]:
+def join_failures(events: EventLog, room: str) -> list[str]:
     return [e["detail"] for e in events.seen if e.get("room") == room and e.get("code") == "join_failed"]
 
 
@@ -64,7 +65,7 @@ def test_self_signed_server_is_one_join_failed_with_the_reason(redis_url, redis_
     """ejabberd as shipped: self-signed, STARTTLS required. The reason reaches `messages` at once
     (not after connect_timeout), once however often the room retries, and the state says the same."""
     jid, password = account(prosody_self_signed, "self")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xtls"), reconnect_min=0.1, reconnect_max=0.4):
         push(redis_client, {"type": "join", "room": "ss", "spec": spec(prosody_self_signed, jid, password)})
         error = events.wait(timeout=5, type="error", room="ss", code="join_failed")
@@ -81,7 +82,7 @@ def test_self_signed_server_is_one_join_failed_with_the_reason(redis_url, redis_
 def test_a_room_that_joins_a_failing_stream_hears_why_at_once(redis_url, redis_client, prosody_self_signed):
     """Not after the backoff (30-60 s here, as a permanent failure waits long): when it attaches."""
     jid, password = account(prosody_self_signed, "late")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xtls"), reconnect_min=5.0, reconnect_max=60.0) as fe:
         push(redis_client, {"type": "join", "room": "first", "spec": spec(prosody_self_signed, jid, password)})
         first = events.wait(timeout=5, type="error", room="first", code="join_failed")
@@ -99,7 +100,7 @@ def test_tls_verify_false_joins_self_signed_and_never_shares_with_a_verifying_ro
     own stream (a shared stream would have let it in unverified); tls_ca naming the very
     certificate joins too."""
     jid, password = account(prosody_self_signed, "nover")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xtls")) as fe:
         push(redis_client,
              {"type": "join", "room": "nv", "spec": spec(prosody_self_signed, jid, password, tls_verify=False)},
@@ -116,7 +117,7 @@ def test_tls_verify_false_joins_self_signed_and_never_shares_with_a_verifying_ro
 
 def test_private_ca_joins_with_tls_ca_and_fails_without(redis_url, redis_client, prosody_tls, tls_pki):
     jid, password = account(prosody_tls, "ca")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xtls")):
         push(redis_client,
              {"type": "join", "room": "ca", "spec": spec(prosody_tls, jid, password, tls_ca=tls_pki.ca_file)},
@@ -132,7 +133,7 @@ def test_private_ca_joins_with_tls_ca_and_fails_without(redis_url, redis_client,
 def test_starttls_required_but_tls_false_says_so_at_once(redis_url, redis_client, prosody_tls):
     """Was: "connecting timed out" every connect_timeout (30 s), never an event."""
     jid, password = account(prosody_tls, "plain")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xtls")):
         push(redis_client, {"type": "join", "room": "pt", "spec": spec(prosody_tls, jid, password, tls=False)})
         error = events.wait(timeout=5, type="error", room="pt", code="join_failed")
@@ -142,7 +143,7 @@ def test_starttls_required_but_tls_false_says_so_at_once(redis_url, redis_client
 
 def test_no_starttls_offered_but_tls_true(redis_url, redis_client, prosody, xmpp_account):
     jid, password = xmpp_account("notls")
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xtls")):
         push(redis_client, {"type": "join", "room": "nt", "spec": spec(prosody, jid, password)})
         error = events.wait(timeout=5, type="error", room="nt", code="join_failed")
@@ -168,7 +169,7 @@ def test_wrong_password_backs_off_longer_than_a_refused_connection(
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     refused = {**spec(prosody_tls, jid, "x"), "port": closed_port}
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xtls"), reconnect_min=0.2, reconnect_max=1.6):
         push(redis_client,
              {"type": "join", "room": "pw", "spec": spec(prosody_tls, jid, "not-the-password", tls_ca=tls_pki.ca_file)},
@@ -193,7 +194,7 @@ def test_a_server_that_never_answers_times_out_with_the_reason(redis_url, redis_
     port = listener.getsockname()[1]
     held = []
     acceptor = gevent.spawn(lambda: [held.append(listener.accept()[0]) for _ in iter(int, 1)])
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     try:
         with running_frontend(redis_url, frontend_id=uniq("xtls"), connect_timeout=1.0):
             push(redis_client, {"type": "join", "room": "mute", "spec": xmpp_spec(
@@ -257,7 +258,7 @@ def test_a_tls_ca_that_is_no_bundle_or_vanished_is_a_join_failed(redis_url, redi
     os.remove(gone)
     copy = tmp_path / "copy.pem"
     shutil.copyfile(tls_pki.ca_file, copy)
-    events = Events(redis_client)
+    events = EventLog(redis_client)
     with running_frontend(redis_url, frontend_id=uniq("xtls")):
         push(redis_client,
              {"type": "join", "room": "nobundle", "spec": spec(prosody_tls, jid, password, tls_ca=str(secret))},
