@@ -1,5 +1,4 @@
-"""A room: one greenlet and one command queue (``room_queue``) per room id, the only place the room's
-commands are handled.
+"""A room: one greenlet and one gevent queue per room id, the only place the room's commands are handled.
 
 ``Room(id, spec, spec_json, ctx)`` gets what it uses in a ``RoomContext``: the session pool to find its
 chat session, the outgoing dispatcher for its events and states, the ledger to acknowledge commands,
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import gevent
+import gevent.queue
 
 from . import protocol
 from .chat.base import ChatSession
@@ -33,7 +33,6 @@ from .keys import Keys
 from .logs import Throttle
 from .pacing import TokenBucket
 from .protocol import Command, Spec
-from .room_queue import CommandQueue, Empty
 
 if TYPE_CHECKING:
     from .outgoing import OutgoingDispatcher
@@ -81,7 +80,7 @@ class Room:
         self.id = room_id
         self.spec = spec
         self.spec_json = spec_json
-        self.queue = CommandQueue()  # 56 bytes while empty (a gevent Queue: 2.7 KB)
+        self.queue: gevent.queue.Queue = gevent.queue.Queue()
         self.state = "new"
         self.state_since = time.time()
         self.attempts = 0
@@ -205,7 +204,7 @@ class Room:
         while True:
             try:
                 command = self.queue.get_nowait()
-            except Empty:
+            except gevent.queue.Empty:
                 return
             if command is _SHUTDOWN:
                 continue
