@@ -52,12 +52,18 @@ class TokenBucket:
         self._stamp = now
 
     def take(self) -> float:
-        """Take a token if one is there and return 0.0, else return the seconds until one is."""
-        self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        """Take a token if one is there and return 0.0, else return the seconds until one is (an hour
+        at a rate of 0)."""
+        now = time.monotonic()  # (``_refill`` inlined: the send queues call this once per line)
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        self._stamp = now
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
             return 0.0
-        return (1.0 - self._tokens) / self.rate
+        self._tokens = tokens
+        return (1.0 - tokens) / self.rate if self.rate > 0 else 3600.0
 
     @property
     def available(self) -> int:

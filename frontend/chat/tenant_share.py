@@ -30,6 +30,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional
 
 from ..counters import TenantTally
+from ..pacing import TokenBucket
 
 if TYPE_CHECKING:
     from ..counters import Counters
@@ -42,29 +43,11 @@ log = logging.getLogger(__name__)
 BURST_SECONDS = 5.0
 
 
-class LineBucket:
-    """A token bucket (``rate`` per second, ``burst`` at most) that can give a token back and be
-    retuned in place (the send queues hold it while the shares are recomputed)."""
+class LineBucket(TokenBucket):
+    """A ``pacing.TokenBucket`` that can give a token back and be retuned in place (the send queues
+    hold it while the shares are recomputed)."""
 
-    __slots__ = ("rate", "burst", "_tokens", "_stamp")
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate, self.burst = rate, burst
-        self._tokens = float(burst)
-        self._stamp = time.monotonic()
-
-    def take(self) -> float:
-        """Take a token and return 0.0, or return the seconds until one is there."""
-        now = time.monotonic()
-        tokens = self._tokens + (now - self._stamp) * self.rate
-        self._stamp = now
-        if tokens > self.burst:
-            tokens = self.burst
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
-            return 0.0
-        self._tokens = tokens
-        return (1.0 - tokens) / self.rate if self.rate > 0 else 3600.0
+    __slots__ = ()
 
     def refund(self) -> None:
         """Give back a token taken for a line that could not go out after all."""
