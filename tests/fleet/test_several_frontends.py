@@ -80,8 +80,12 @@ def names(observer: Observer, channel: str, timeout: float = 10.0) -> set[str]:
     return {n for n in nicks if n.lower() != observer.nick.lower()}
 
 
-def _join_rooms(client, ngircd, rooms: dict[str, str], nicks: dict[str, str]) -> None:
+def _join_rooms(client, ngircd, events: EventLog, rooms: dict[str, str], nicks: dict[str, str], *,
+                timeout: float = 60, what: str = "all rooms joined") -> None:
+    """Join every room (room id -> channel, each with its nick) and wait until each has a ``joined``."""
     push(client, *[{"type": "join", "room": r, "spec": irc_spec(ngircd, c, nick=nicks[r])} for r, c in rooms.items()])
+    events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(rooms), timeout,
+                    what=what)
 
 
 def _says(rooms: list[str], per_room: int, tag: str) -> list[dict]:
@@ -114,9 +118,7 @@ def test_placement_spreads_rooms_and_every_say_reaches_its_room_in_order(redis_u
     try:
         wait_registered(redis_client, fleet.ids())
         events = EventLog(redis_url)
-        _join_rooms(redis_client, ngircd, rooms, nicks)
-        events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(rooms), 60,
-                        what="all rooms joined")
+        _join_rooms(redis_client, ngircd, events, rooms, nicks)
         per_frontend = {fe: [r for r, h in holders(redis_client).items() if h == fe] for fe in fleet.ids()}
         report(f"placement_{n}", rooms_per_frontend={fe[-4:]: len(v) for fe, v in per_frontend.items()})
         assert all(len(v) >= 20 // n - 2 for v in per_frontend.values()), per_frontend
@@ -144,9 +146,7 @@ def test_kill_9_of_one_frontend_loses_nothing_and_its_rooms_are_held_again(redis
     try:
         wait_registered(redis_client, fleet.ids())
         events = EventLog(redis_url)
-        _join_rooms(redis_client, ngircd, rooms, nicks)
-        events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(rooms), 60,
-                        what="all rooms joined")
+        _join_rooms(redis_client, ngircd, events, rooms, nicks)
         victim = max(fleet.ids(), key=lambda fe: sum(1 for h in holders(redis_client).values() if h == fe))
         survivor = next(fe for fe in fleet.ids() if fe != victim)
         victims_rooms = [r for r, h in holders(redis_client).items() if h == victim]
@@ -186,9 +186,7 @@ def test_kill_9_fail_over_with_the_default_lease_rejoins_within_10_seconds(redis
     try:
         wait_registered(redis_client, fleet.ids())
         events = EventLog(redis_url)
-        _join_rooms(redis_client, ngircd, rooms, nicks)
-        events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(rooms), 60,
-                        what="all rooms joined")
+        _join_rooms(redis_client, ngircd, events, rooms, nicks)
         victim = next(fe for fe in fleet.ids() if fe in holders(redis_client).values())
         victims_rooms = {r for r, h in holders(redis_client).items() if h == victim}
         start = len(events.seen)
@@ -211,9 +209,7 @@ def test_sigterm_hands_the_rooms_to_the_peer(redis_url, redis_client, ngircd, tm
     try:
         wait_registered(redis_client, fleet.ids())
         events = EventLog(redis_url)
-        _join_rooms(redis_client, ngircd, rooms, nicks)
-        events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(rooms), 60,
-                        what="all rooms joined")
+        _join_rooms(redis_client, ngircd, events, rooms, nicks)
         leaving = next(fe for fe in fleet.ids() if fe in holders(redis_client).values())
         staying = next(fe for fe in fleet.ids() if fe != leaving)
         moved = {r for r, h in holders(redis_client).items() if h == leaving}
@@ -252,9 +248,7 @@ def test_a_frontend_that_starts_later_doubles_no_room_and_takes_new_ones(redis_u
         (first,) = fleet.ids()
         wait_registered(redis_client, [first])
         events = EventLog(redis_url)
-        _join_rooms(redis_client, ngircd, rooms, nicks)
-        events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(rooms), 60,
-                        what="all rooms joined")
+        _join_rooms(redis_client, ngircd, events, rooms, nicks)
         late = fleet.add()
         wait_registered(redis_client, [late])
         time.sleep(2.0)  # it has loaded the registry and adopted what it should by now
@@ -263,9 +257,8 @@ def test_a_frontend_that_starts_later_doubles_no_room_and_takes_new_ones(redis_u
         for r, chan in rooms.items():
             assert names(observer, chan) == {nicks[r]}
         new = {f"n{i}": "#" + uniq(f"nc{i}-") for i in range(4)}
-        _join_rooms(redis_client, ngircd, new, {r: uniq("nn") for r in new})
-        events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(new), 30,
-                        what="the new rooms joined")
+        _join_rooms(redis_client, ngircd, events, new, {r: uniq("nn") for r in new}, timeout=30,
+                    what="the new rooms joined")
         assert {holders(redis_client)[r] for r in new} == {late}  # fewest rooms
     finally:
         fleet.stop()
@@ -326,9 +319,7 @@ def test_every_command_reaches_its_holder_whichever_router_popped_it(redis_url, 
     try:
         wait_registered(redis_client, fleet.ids())
         events = EventLog(redis_url)
-        _join_rooms(redis_client, ngircd, rooms, {r: uniq("rn") for r in rooms})
-        events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(rooms), 60,
-                        what="all rooms joined")
+        _join_rooms(redis_client, ngircd, events, rooms, {r: uniq("rn") for r in rooms})
         items = [ujson.dumps(c) for c in _says(list(rooms), 100, "x")]
         for start in range(0, len(items), 25):
             redis_client.rpush("control", *items[start:start + 25])
@@ -369,9 +360,7 @@ def test_workers_2_run_two_frontends_under_one_supervisor(redis_url, redis_clien
     try:
         wait_registered(redis_client, ids, timeout=30)
         events = EventLog(redis_url)
-        _join_rooms(redis_client, ngircd, rooms, {r: uniq("wn") for r in rooms})
-        events.wait_for(lambda seen: {e["room"] for e in seen if e["type"] == "joined"} >= set(rooms), 60,
-                        what="all rooms joined")
+        _join_rooms(redis_client, ngircd, events, rooms, {r: uniq("wn") for r in rooms})
         spread = {fe: sum(1 for h in holders(redis_client).values() if h == fe) for fe in ids}
         assert min(spread.values()) >= 3, spread
         push(redis_client, *_says(list(rooms), 5, "w"))
