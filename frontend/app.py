@@ -98,7 +98,7 @@ class Frontend:
         self.outbox = OutgoingDispatcher(DirectLink(settings, name="outgoing"), settings, keys, self.ledger, counters)
         #: open while this frontend's lease is surely valid: sessions send no room line while closed
         self.gate = SpeakGate(open=False)
-        self.sessions = SessionPool(settings, counters=counters, pace_events=self.outbox.wait_for_room,
+        self.sessions = SessionPool(settings, counters=counters, pace_events=self.outbox,
                                     gate=self.gate, redis_client=self.redis)
         self.tenants = TenantTable(self.redis, keys)
         sealer = sealer_from_settings(settings)  # raises ConfigError for a bad key (never shown)

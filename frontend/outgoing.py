@@ -113,11 +113,15 @@ class OutgoingDispatcher(Service):
         self._events.append((list_key, payload, ts))
         self.wake.set()
 
+    def full(self) -> bool:
+        """Past the high-water mark while Redis answers: readers should wait (``wait_for_room``)."""
+        return len(self._events) >= self.high_water and not self._failing and not self.stopping.is_set()
+
     def wait_for_room(self) -> None:
         """Backpressure for chat readers: while Redis is answering but the buffer is past its
         high-water mark, wait for it to drain (the chat server holds what we do not read). While
         Redis is down nothing waits here: events go to the bounded buffer instead."""
-        while len(self._events) >= self.high_water and not self._failing and not self.stopping.is_set():
+        while self.full():
             self._space.clear()
             self.wake.set()
             self._space.wait(1.0)

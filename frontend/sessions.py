@@ -25,7 +25,7 @@ import functools
 import logging
 import weakref
 from collections import deque
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import gevent
 import gevent.event
@@ -33,7 +33,7 @@ import gevent.lock
 import redis
 
 from .chat import default_factories
-from .chat.base import ChatSession, RoomLink, SessionFactory, SpeakGate
+from .chat.base import ChatSession, EventsBuffer, RoomLink, SessionFactory, SpeakGate
 from .chat.irc_isupport import ServerFacts
 from .chat.sendqueue import SendQueue
 from .chat.tenant_share import TenantShares
@@ -59,7 +59,7 @@ class SessionPool:
     """
 
     def __init__(self, settings: Settings, factories: Optional[Mapping[str, SessionFactory]] = None, *,
-                 counters: Counters, pace_events: Optional[Callable[[], None]] = None,
+                 counters: Counters, pace_events: Optional[EventsBuffer] = None,
                  gate: Optional[SpeakGate] = None, flood_memory: Optional[FloodMemory] = None,
                  redis_client: Optional[redis.Redis] = None) -> None:
         self.settings = settings
@@ -72,7 +72,7 @@ class SessionPool:
         self.facts = ServerFacts()
         self._factories = dict(factories) if factories is not None else default_factories(
             irc={"flood_memory": self.flood_memory, "facts": self.facts, "rehome": self.other_session})
-        #: readers call it after each chunk read: it blocks while the outgoing buffer is full
+        #: where events wait for Redis: readers stop reading while it is full
         self.pace_events = pace_events
         self.gate = gate if gate is not None else SpeakGate()
         self._sessions: dict[tuple, ChatSession] = {}
@@ -276,8 +276,14 @@ class ConnectLine:
         self.held[ticket.tenant] = self.held.get(ticket.tenant, 0) + 1
         ticket.holds = True
         if ticket.keep and not ticket.linked:
+            session = ticket.session
+            when_finished = getattr(session, "when_finished", None)
+            if when_finished is not None:  # the session's end frees its place (not a reconnect's)
+                ticket.linked = True
+                when_finished(lambda: self.release(ticket))
+                return
             current = gevent.getcurrent()
-            if isinstance(current, gevent.Greenlet):  # the session's main greenlet: its end frees it
+            if isinstance(current, gevent.Greenlet):  # another kind of session: its greenlet's end
                 ticket.linked = True
                 current.link(lambda _: self.release(ticket))
 

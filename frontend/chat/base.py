@@ -50,6 +50,17 @@ class RoomLink(Protocol):
         """The command reached the chat server (or was dropped with an error event): forget it."""
 
 
+class EventsBuffer(Protocol):
+    """Where the rooms' events wait for Redis (``outgoing.Outbox``), as chat readers see it: past
+    its high-water mark they stop reading and leave the rest with the chat server."""
+
+    def full(self) -> bool:
+        """True while readers should not read (never blocks)."""
+
+    def wait_for_room(self) -> None:
+        """Block while ``full()``."""
+
+
 class Seat:
     """A room's place on a session: its membership of one channel or MUC (``place``).
 
@@ -191,7 +202,7 @@ class SessionBase(ChatSession):
 
     __slots__ = ("spec", "settings", "counters", "label", "gate", "queue", "connected_at", "flood_memory",
                  "_pace_connect", "_closing", "_drained", "_main", "_retry_soon", "_failure", "_told",
-                 "__weakref__")
+                 "_backoff", "_on_finish", "__weakref__")
     #: whether the configured flood control (``flood_rate``/``flood_burst``) applies to a spec
     #: without ``flood`` (IRC) or only a spec's own ``flood`` does (XMPP)
     flood_by_default: ClassVar[bool] = True
@@ -215,15 +226,42 @@ class SessionBase(ChatSession):
         self._pace_connect = pace_connect
         self._closing = gevent.event.Event()
         self._drained = gevent.event.Event()
+        #: the greenlet that connects and backs off; while a connection is served from the hub
+        #: (``_session_once`` returned True) there is none: the subclass calls ``_served_ended``
         self._main: gevent.Greenlet | None = None
+        self._backoff: Backoff | None = None  # the reconnect delays, across the main greenlets
+        self._on_finish: list[Callable[[], None]] | None = None  # see ``when_finished``
         #: why the last attempt failed to join, while the session waits to try again (else None)
         self._failure: Optional[str] = None
         #: the join failures each room heard in the current series of failed attempts
         self._told: dict[RoomLink, list[str]] = {}
 
     def _start(self) -> None:
-        self._main = gevent.spawn(self._run)
-        self._main.name = f"{self.protocol} {self.label}"
+        self._spawn_main(None)
+
+    def _spawn_main(self, ended: BaseException | None) -> None:
+        main = self._main = gevent.spawn(self._run, ended)
+        main.name = f"{self.protocol} {self.label}"
+
+    def when_finished(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the session is over for good (closed, or its main greenlet died);
+        not when a connection ends and it reconnects (the pool's connection budget frees its place)."""
+        if self._on_finish is None:
+            self._on_finish = []
+        self._on_finish.append(callback)
+
+    def _finish(self) -> None:
+        callbacks, self._on_finish = self._on_finish, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                log.exception("%s %s: a callback at its end failed", self.protocol, self.label)
+
+    def _served_ended(self, exc: BaseException) -> None:
+        """For a subclass, from the hub: the connection it served there (``_session_once`` returned
+        True) ended with ``exc``; a main greenlet starts again to clean up, back off and reconnect."""
+        self._spawn_main(exc)
 
     # ------------------------------------------------------------------ ChatSession (shared part)
     @property
@@ -271,6 +309,7 @@ class SessionBase(ChatSession):
             if self._main is not None:
                 self._main.kill(block=True, timeout=1)
             self._closed()
+            self._finish()
 
     # ------------------------------------------------------------------------------ for subclasses
     @abc.abstractmethod
@@ -282,8 +321,10 @@ class SessionBase(ChatSession):
         """Every attached room (a snapshot: callers may attach or detach while iterating)."""
 
     @abc.abstractmethod
-    def _session_once(self) -> None:
-        """Connect and serve until the connection ends; raise to say why it ended."""
+    def _session_once(self) -> bool:
+        """Connect and serve until the connection ends; raise to say why it ended. Or connect and
+        return True: hub callbacks serve the connection from then on (no greenlet waits on it), and
+        the subclass calls ``_served_ended(exc)`` when it ends."""
 
     @abc.abstractmethod
     def _can_drain(self) -> bool:
@@ -300,7 +341,8 @@ class SessionBase(ChatSession):
         """After every connection ended, however."""
 
     def _closed(self) -> None:
-        """After ``close()`` stopped the main greenlet."""
+        """After ``close()`` stopped the main greenlet (a connection served from the hub may still
+        be open: ending it is the subclass's)."""
 
     def _wake_writer(self) -> None:
         self.queue.wake.set()
@@ -363,33 +405,40 @@ class SessionBase(ChatSession):
         """``flood_memory``: what was learned of this session's server changed (here or elsewhere)."""
         self._rebuild_bucket()
 
-    def _run(self) -> None:
-        """The main greenlet: connect, serve, and after any failure back off and connect again."""
-        protocol = self.protocol
+    def _run(self, ended: BaseException | None = None) -> None:
+        """The main greenlet: connect, serve, and after any failure back off and connect again.
+        ``ended``: started again after a connection served from the hub ended with it."""
+        served = False
         try:
-            self._prepare()
-        except Exception:
-            log.exception("%s %s: could not start", protocol, self.label)
-            raise
-        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
-        while not self._closing.is_set():
-            self._rooms_state("connecting")
-            reason = "connection closed"
-            permanent = False
-            self.connected_at = 0.0
+            served = self._serve(ended)
+        finally:
+            if not served:
+                self._finish()
+
+    def _serve(self, ended: BaseException | None) -> bool:
+        """``_run``'s loop; True when it returns with the connection served from the hub."""
+        protocol = self.protocol
+        if ended is None:
             try:
-                self._pace_connect(self._server())
-                if self._closing.is_set():
-                    break
-                self._session_once()
-            except (OSError, ConnectionLost) as exc:
-                reason = self._lost_reason_for(exc)
-                permanent = getattr(exc, "permanent", False)
-            except Exception as exc:  # the top of the greenlet: log, then reconnect like any failure
-                log.exception("%s %s: unexpected error", protocol, self.label)
-                reason = f"internal error: {exc!r}"
-            finally:
-                self._disconnected()
+                self._prepare()
+            except Exception:
+                log.exception("%s %s: could not start", protocol, self.label)
+                raise
+        if self._backoff is None:
+            self._backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
+        backoff = self._backoff
+        while not self._closing.is_set():
+            if ended is None:
+                outcome = self._attempt()
+                if outcome is None:
+                    return True  # served from the hub: ``_served_ended`` starts a main greenlet again
+            else:
+                try:
+                    outcome = self._why_ended(ended)
+                finally:
+                    ended = None
+                    self._disconnected()
+            reason, permanent = outcome
             if self._closing.is_set():
                 break
             if self.connected_at:  # it was usable: a lost connection, not a failed join
@@ -408,6 +457,32 @@ class SessionBase(ChatSession):
             self._closing.wait(delay)
             self._failure = None
         log.info("%s %s: closed", protocol, self.label)
+        return False
+
+    def _attempt(self) -> tuple[str, bool] | None:
+        """One connect: why it ended and whether that is permanent, once it did; None when it is
+        served from the hub from now on."""
+        self._rooms_state("connecting")
+        self.connected_at = 0.0
+        served = False
+        try:
+            self._pace_connect(self._server())
+            if self._closing.is_set():
+                return "closing", False
+            served = bool(self._session_once())
+            return None if served else ("connection closed", False)
+        except Exception as exc:
+            return self._why_ended(exc)
+        finally:
+            if not served:
+                self._disconnected()
+
+    def _why_ended(self, exc: BaseException) -> tuple[str, bool]:
+        if isinstance(exc, (OSError, ConnectionLost)):
+            return self._lost_reason_for(exc), getattr(exc, "permanent", False)
+        # the top of the greenlet (or of a hub callback): log, then reconnect like any failure
+        log.error("%s %s: unexpected error", self.protocol, self.label, exc_info=exc)
+        return f"internal error: {exc!r}", False
 
     def _tell_join_failed(self, reason: str) -> None:
         """The attempt failed before the connection was usable: every room hears ``join_failed``

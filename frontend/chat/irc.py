@@ -59,7 +59,8 @@ from ..logs import Throttle
 from ..protocol import Command, IrcSpec, Spec
 from ..text import assert_safe_line
 from . import tls
-from .base import ConnectionLost, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate, give_turn
+from .base import (TURN_PAUSE, ConnectionLost, EventsBuffer, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate,
+                   give_turn)
 from .irc_channels import IrcChannels
 from .irc_delivery import DeliveryTracker
 from .irc_flood import flood_disconnect
@@ -133,11 +134,11 @@ class IrcSession(SessionBase):
                  "info", "fold", "_nick", "_folded_nick", "_pace_events", "_urgent", "_sock", "_writer",
                  "_last_read", "_ping_sent_at", "_liveness", "_lost_reason", "facts", "_rehome",
                  "_written", "_confirmed", "_first_write_at", "_flood_seen", "_flush_cb", "_linger",
-                 "_backlog")
+                 "_backlog", "_lines", "_reading", "_turn")
 
     def __init__(self, spec: IrcSpec, *, settings: Settings, counters: Counters,
                  pace_connect: Callable[[str], None], index: int = 0, label: Optional[str] = None,
-                 pace_events: Optional[Callable[[], None]] = None, gate: Optional[SpeakGate] = None,
+                 pace_events: Optional[EventsBuffer] = None, gate: Optional[SpeakGate] = None,
                  flood_memory: Optional[FloodMemory] = None, facts: Optional[ServerFacts] = None,
                  rehome: Optional[Callable[[RoomLink, "IrcSession"], Optional["IrcSession"]]] = None) -> None:
         suffix = f"#{index}" if index else ""
@@ -182,6 +183,12 @@ class IrcSession(SessionBase):
         self._ping_sent_at = 0.0  # 0.0: no PING outstanding
         self._liveness: Any = None  # the hub timer of the current connection
         self._lost_reason: Optional[str] = None
+        #: a plain connection is read by a hub callback, not a greenlet (one parked greenlet costs
+        #: about 8 KB, a watcher 0.3): the lines it has not completed, its io watcher, and the timer
+        #: that goes on with a long read's lines after the other connections had their turn
+        self._lines: Optional[LineReader] = None
+        self._reading: Any = None
+        self._turn: Any = None
         self._start()
 
     # ------------------------------------------------------------------ ChatSession (room greenlets)
@@ -381,9 +388,14 @@ class IrcSession(SessionBase):
         return self._lost_reason or str(exc) or type(exc).__name__
 
     # ------------------------------------------------------------------------------- main greenlet
-    def _session_once(self) -> None:
+    def _session_once(self) -> bool:
         self._connect()
-        self._read_loop()
+        if self.spec.tls:  # type: ignore[union-attr]
+            # TLS is read by this greenlet: a record may need a write, and what the TLS layer has
+            # buffered does not show on the socket's file descriptor
+            self._read_loop()
+        self._read_from_hub()
+        return True
 
     def _connect(self) -> None:
         spec: IrcSpec = self.spec  # type: ignore[assignment]
@@ -423,6 +435,7 @@ class IrcSession(SessionBase):
         log.debug("irc %s: connected, registering", self.label)
 
     def _disconnected(self) -> None:
+        self._stop_reading()  # before the socket closes: no watcher on a closed descriptor
         sock, self._sock = self._sock, None
         self.registered = False
         self.registration = None
@@ -473,7 +486,7 @@ class IrcSession(SessionBase):
                 raise ConnectionLost(self._lost_reason or "the server closed the connection")
             self._last_read = time.monotonic()
             if pace_events is not None:
-                pace_events()  # the outgoing buffer is full: leave the rest with the server
+                pace_events.wait_for_room()  # the outgoing buffer is full: leave the rest with the server
             too_long = reader.too_long
             lines = reader.feed(data)
             if reader.too_long != too_long:
@@ -496,6 +509,113 @@ class IrcSession(SessionBase):
             if bytes_left <= 0:
                 bytes_left = TURN_BYTES
                 give_turn()
+
+    # ----------------------------------------------------------------------- reading from the hub
+    def _read_from_hub(self) -> None:
+        """From now on hub callbacks read the connection (``_readable``); it ends by
+        ``_served_ended``, which starts the main greenlet again."""
+        sock = self._sock
+        assert sock is not None
+        self._lines = LineReader()
+        self._reading = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self._reading.start(self._readable, sock)
+
+    def _stop_reading(self) -> None:
+        reading, turn = self._reading, self._turn
+        self._reading = self._turn = self._lines = None
+        if reading is not None:
+            reading.close()
+        if turn is not None:
+            turn.close()
+
+    def _closed(self) -> None:
+        if self._sock is not None:  # served from the hub: no main greenlet ended it
+            self._disconnected()
+
+    def _readable(self, sock: socket.socket) -> None:
+        """Runs in the hub, when the socket has data: must not block. One read (at most 64 KB), its
+        lines handled up to ``TURN_LINES`` (``_handle_lines`` goes on with the rest after the other
+        connections had their turn); while the outgoing buffer is full, nothing is read."""
+        if sock is not self._sock:
+            return
+        buffer = self._pace_events
+        if buffer is not None and buffer.full():
+            self._hold_reading(buffer)  # leave the rest with the server
+            return
+        try:
+            # gevent's socket would wait (switch) when there is nothing to read: the non-blocking
+            # socket under it says so instead
+            data = sock._sock.recv(65536)  # type: ignore[attr-defined]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end_served(exc)
+            return
+        if QUICKACK is not None:  # see _read_loop
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+            except OSError:
+                pass
+        if not data:
+            self._end_served(ConnectionLost(self._lost_reason or "the server closed the connection"))
+            return
+        self._last_read = time.monotonic()
+        reader = self._lines
+        assert reader is not None
+        too_long = reader.too_long
+        lines = reader.feed(data)
+        if reader.too_long != too_long:
+            self._too_long(reader.too_long - too_long)
+        if lines:
+            if log.isEnabledFor(logging.DEBUG):  # once per read, not per line
+                for line in lines:
+                    log.debug("irc %s: FROM SERVER: %r", self.label, line)
+            self._handle_lines(sock, lines, 0)
+
+    def _handle_lines(self, sock: socket.socket, lines: list[str], start: int) -> None:
+        """Handle ``lines[start:]`` in the hub, ``TURN_LINES`` at a time: past them the reading
+        pauses and a timer goes on after the other connections and greenlets had their turn."""
+        self._turn = None
+        handle = self._handle_line
+        end = min(len(lines), start + TURN_LINES)
+        for i in range(start, end):
+            try:
+                handle(lines[i])
+            except ConnectionLost as exc:
+                self._end_served(exc)
+                return
+            except Exception:  # one odd line must never take the connection down
+                log.exception("irc %s: could not handle the line %r", self.label, lines[i][:200])
+            if sock is not self._sock or self._reading is None:
+                return  # the connection ended meanwhile
+        reading = self._reading
+        if end < len(lines):
+            reading.stop()
+            turn = self._turn = gevent.get_hub().loop.timer(TURN_PAUSE)
+            turn.start(self._handle_lines, sock, lines, end)
+        elif not reading.active:
+            reading.start(self._readable, sock)
+
+    def _hold_reading(self, buffer: EventsBuffer) -> None:
+        """The outgoing buffer is full: stop reading until it has room (a greenlet waits for that;
+        it lives only as long as the backpressure)."""
+        reading = self._reading
+        reading.stop()
+
+        def resume() -> None:
+            buffer.wait_for_room()
+            if self._reading is reading and self._turn is None and not reading.active:
+                reading.start(self._readable, self._sock)
+
+        gevent.spawn(resume)
+
+    def _end_served(self, exc: BaseException) -> None:
+        """The connection read from the hub ended: no more reading; the main greenlet cleans up,
+        backs off and reconnects (``SessionBase._served_ended``)."""
+        if self._reading is None:
+            return  # told already
+        self._stop_reading()
+        self._served_ended(exc)
 
     def _too_long(self, n: int) -> None:
         self.counters["lines_too_long"] += n

@@ -40,7 +40,7 @@ from ..protocol import Command, Spec, XmppSpec
 from ..text import xml_text
 from . import asyncio_bridge as aio
 from . import tls
-from .base import ConnectionLost, RoomLink, Seat, SessionBase, SpeakGate
+from .base import ConnectionLost, EventsBuffer, RoomLink, Seat, SessionBase, SpeakGate
 from .sendqueue import queue_command
 from .xmpp_client import BoundedClient, make_client
 from .xmpp_muc import MucRooms
@@ -68,7 +68,7 @@ class XmppSession(SessionBase):
 
     def __init__(self, spec: XmppSpec, *, settings: Settings, counters: Counters,
                  pace_connect: Callable[[str], None], index: int = 0, label: Optional[str] = None,
-                 pace_events: Optional[Callable[[], None]] = None, gate: Optional[SpeakGate] = None) -> None:
+                 pace_events: Optional[EventsBuffer] = None, gate: Optional[SpeakGate] = None) -> None:
         # pace_events is for readers that may block; slixmpp reads on the shared asyncio loop, which
         # must never block, so an XMPP session does not take it
         self._host = spec.host or JID(spec.jid).domain
@@ -168,8 +168,8 @@ class XmppSession(SessionBase):
         self.client = aio.call(self._make_client)
 
     # ------------------------------------------------------------------------------- main greenlet
-    def _session_once(self) -> None:
-        """Connect, serve until the stream ends; raise to say why it ended."""
+    def _session_once(self) -> bool:
+        """Connect, serve until the stream ends; raise to say why it ended (never returns)."""
         spec: XmppSpec = self.spec  # type: ignore[assignment]
         # here, not on the loop: it may read the tls_ca file, and raises TlsSetupFailed with the reason
         context = tls.client_context(spec.tls_ca, spec.tls_verify) if spec.tls else None
