@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 PYTEST_ARGS ?=
 
-.PHONY: test demo bench servers venv lint clean
+.PHONY: test demo bench servers venv lint clean compiled clean-compiled
 
 test: venv servers lint  ## pyflakes, then the whole test suite against real servers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -50,8 +50,17 @@ servers:
 	  $(APT) update -qq && $(APT) install -y -qq $(SERVER_PACKAGES); \
 	fi
 
+compiled: venv  ## optional: the hot-path modules compiled by Cython (the sources stay the reference; see BENCHMARKS.md)
+	$(BIN)/pip install -q -e '.[compiled]'
+	$(BIN)/python -m frontend.compiled build
+
+clean-compiled:  ## back to the pure-Python build
+	[ ! -x $(BIN)/python ] || $(BIN)/python -m frontend.compiled clean
+	rm -rf build/compiled
+
 lint: venv  ## pyflakes over the code and the tests
 	$(BIN)/python -m pyflakes frontend backend_sdk tests
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis build/compiled
+	find frontend -name '*.so' -delete

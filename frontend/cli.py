@@ -23,6 +23,7 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import getpass  # noqa: E402
+import logging  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 from typing import Any, Sequence  # noqa: E402
@@ -86,6 +87,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
+    from . import compiled
+    states = compiled.status()
+    if "stale" in states.values():  # compiled code that is not the checkout's: never run it
+        print(f"greenroom: {compiled.describe(states)}; run `make compiled` again or `make clean-compiled`",
+              file=sys.stderr)
+        return 2
+    logging.getLogger("frontend").info("%s", compiled.describe(states))
     workers = worker_count(args.workers) if args.workers else 1
     if workers > 1 and not os.environ.get("GREENROOM_WORKER"):
         from .workers import WorkerSupervisor

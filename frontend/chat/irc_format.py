@@ -51,6 +51,7 @@ def _cached_fold(table: dict[int, int], doc: str):
         return folded
 
     fold.__doc__ = doc
+    fold.cache = cache  # type: ignore[attr-defined]  # for tests and probes (also when compiled)
     return fold
 
 
