@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 import gevent.event
@@ -69,6 +69,8 @@ class OutgoingDispatcher(Service):
         self.redis_ok_at = 0.0
         self._space = gevent.event.Event()
         self._space.set()
+        #: what readers held by a full buffer gave ``when_room``: called once it has room again
+        self._room_waiters: list[Callable[[], None]] = []
         #: set while nothing waits to be written
         self._empty = gevent.event.Event()
         self._empty.set()
@@ -116,6 +118,22 @@ class OutgoingDispatcher(Service):
     def full(self) -> bool:
         """Past the high-water mark while Redis answers: readers should wait (``wait_for_room``)."""
         return len(self._events) >= self.high_water and not self._failing and not self.stopping.is_set()
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Backpressure for readers served from the hub (which must not block): ``callback`` is
+        called once, from the outgoing greenlet, when the buffer is no longer ``full()``."""
+        self._room_waiters.append(callback)
+        self.wake.set()
+
+    def _has_room(self) -> None:
+        """The buffer has room (or Redis is down, or stopping): readers go on."""
+        self._space.set()
+        waiters, self._room_waiters = self._room_waiters, []
+        for callback in waiters:
+            try:
+                callback()
+            except Exception:  # one reader must not keep the others waiting
+                log.exception("a chat reader could not resume")
 
     def wait_for_room(self) -> None:
         """Backpressure for chat readers: while Redis is answering but the buffer is past its
@@ -171,7 +189,7 @@ class OutgoingDispatcher(Service):
             while self._has_work():
                 self._flush_once()
                 if len(self._events) < self.high_water:
-                    self._space.set()
+                    self._has_room()
                 gevent.sleep(0)  # a turn for the readers between batches
             self._failing = False
             self._empty.set()
@@ -179,7 +197,7 @@ class OutgoingDispatcher(Service):
             self._counters["redis_reconnects:outgoing"] += 1
             self.last_error = str(exc)
             self._failing = True
-            self._space.set()  # Redis is down: readers go on, the bounded buffer takes it
+            self._has_room()  # Redis is down: readers go on, the bounded buffer takes it
             delay = self._backoff.next()
             self._throttle.warning("redis", "Redis write failed (%s); %d items kept, retrying in %.2fs",
                                    exc, self.pending, delay)
@@ -204,6 +222,7 @@ class OutgoingDispatcher(Service):
         """Flush what is buffered (for at most ``timeout`` s); True when nothing was left behind."""
         self.stopping.set()
         self.wake.set()
+        self._has_room()
         greenlet = self.greenlet
         if greenlet is not None and not greenlet.dead:
             greenlet.join(timeout)

@@ -58,7 +58,10 @@ class EventsBuffer(Protocol):
         """True while readers should not read (never blocks)."""
 
     def wait_for_room(self) -> None:
-        """Block while ``full()``."""
+        """Block while ``full()`` (a reader greenlet)."""
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once when no longer ``full()`` (a reader in the hub, which must not block)."""
 
 
 class Seat:

@@ -533,48 +533,56 @@ class IrcSession(SessionBase):
             self._disconnected()
 
     def _readable(self, sock: socket.socket) -> None:
-        """Runs in the hub, when the socket has data: must not block. One read (at most 64 KB), its
-        lines handled up to ``TURN_LINES`` (``_handle_lines`` goes on with the rest after the other
-        connections had their turn); while the outgoing buffer is full, nothing is read."""
-        if sock is not self._sock:
-            return
+        """Runs in the hub, when the socket has data: must not block. Reads until the socket has no
+        more (as a reader greenlet would, without a trip through the loop per read) or
+        ``TURN_BYTES`` were read; a read's lines are handled up to ``TURN_LINES`` at a time
+        (``_handle_lines`` goes on with the rest after the other connections had their turn).
+        While the outgoing buffer is full nothing is read."""
         buffer = self._pace_events
-        if buffer is not None and buffer.full():
-            self._hold_reading(buffer)  # leave the rest with the server
-            return
-        try:
-            # gevent's socket would wait (switch) when there is nothing to read: the non-blocking
-            # socket under it says so instead
-            data = sock._sock.recv(65536)  # type: ignore[attr-defined]
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self._end_served(exc)
-            return
-        if QUICKACK is not None:  # see _read_loop
+        bytes_left = TURN_BYTES
+        while sock is self._sock:
+            if buffer is not None and buffer.full():
+                self._hold_reading(buffer)  # leave the rest with the server
+                return
             try:
-                sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
-            except OSError:
-                pass
-        if not data:
-            self._end_served(ConnectionLost(self._lost_reason or "the server closed the connection"))
-            return
-        self._last_read = time.monotonic()
-        reader = self._lines
-        assert reader is not None
-        too_long = reader.too_long
-        lines = reader.feed(data)
-        if reader.too_long != too_long:
-            self._too_long(reader.too_long - too_long)
-        if lines:
-            if log.isEnabledFor(logging.DEBUG):  # once per read, not per line
-                for line in lines:
-                    log.debug("irc %s: FROM SERVER: %r", self.label, line)
-            self._handle_lines(sock, lines, 0)
+                # gevent's socket would wait (switch) when there is nothing to read: the
+                # non-blocking socket under it says so instead
+                data = sock._sock.recv(65536)  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._end_served(exc)
+                return
+            if QUICKACK is not None:  # see _read_loop
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+                except OSError:
+                    pass
+            if not data:
+                self._end_served(ConnectionLost(self._lost_reason or "the server closed the connection"))
+                return
+            self._last_read = time.monotonic()
+            reader = self._lines
+            assert reader is not None
+            too_long = reader.too_long
+            lines = reader.feed(data)
+            if reader.too_long != too_long:
+                self._too_long(reader.too_long - too_long)
+            if lines:
+                if log.isEnabledFor(logging.DEBUG):  # once per read, not per line
+                    for line in lines:
+                        log.debug("irc %s: FROM SERVER: %r", self.label, line)
+                if not self._handle_lines(sock, lines, 0):
+                    return  # the turn is over (or the connection ended)
+            bytes_left -= len(data)
+            if bytes_left <= 0 or len(data) < 65536:
+                # the turn is over, or the socket likely has no more: the loop calls again if it has
+                return
 
-    def _handle_lines(self, sock: socket.socket, lines: list[str], start: int) -> None:
+    def _handle_lines(self, sock: socket.socket, lines: list[str], start: int) -> bool:
         """Handle ``lines[start:]`` in the hub, ``TURN_LINES`` at a time: past them the reading
-        pauses and a timer goes on after the other connections and greenlets had their turn."""
+        pauses and a timer goes on after the other connections and greenlets had their turn.
+        True when all were handled and reading goes on."""
         self._turn = None
         handle = self._handle_line
         end = min(len(lines), start + TURN_LINES)
@@ -583,31 +591,31 @@ class IrcSession(SessionBase):
                 handle(lines[i])
             except ConnectionLost as exc:
                 self._end_served(exc)
-                return
+                return False
             except Exception:  # one odd line must never take the connection down
                 log.exception("irc %s: could not handle the line %r", self.label, lines[i][:200])
             if sock is not self._sock or self._reading is None:
-                return  # the connection ended meanwhile
+                return False  # the connection ended meanwhile
         reading = self._reading
         if end < len(lines):
             reading.stop()
             turn = self._turn = gevent.get_hub().loop.timer(TURN_PAUSE)
             turn.start(self._handle_lines, sock, lines, end)
-        elif not reading.active:
+            return False
+        if not reading.active:
             reading.start(self._readable, sock)
+        return True
 
     def _hold_reading(self, buffer: EventsBuffer) -> None:
-        """The outgoing buffer is full: stop reading until it has room (a greenlet waits for that;
-        it lives only as long as the backpressure)."""
+        """The outgoing buffer is full: stop reading until it has room (no greenlet waits for that:
+        the buffer calls ``_resume_reading`` back)."""
+        self._reading.stop()
+        buffer.when_room(self._resume_reading)
+
+    def _resume_reading(self) -> None:
         reading = self._reading
-        reading.stop()
-
-        def resume() -> None:
-            buffer.wait_for_room()
-            if self._reading is reading and self._turn is None and not reading.active:
-                reading.start(self._readable, self._sock)
-
-        gevent.spawn(resume)
+        if reading is not None and self._turn is None and not reading.active:
+            reading.start(self._readable, self._sock)
 
     def _end_served(self, exc: BaseException) -> None:
         """The connection read from the hub ended: no more reading; the main greenlet cleans up,
