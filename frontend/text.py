@@ -55,9 +55,12 @@ def split_utf8(line: str, budget: int) -> list[str]:
     return [p for p in pieces if p]
 
 
+_LINE_BREAKER = re.compile(rb"[\r\n\x00]")
+
+
 def assert_safe_line(line: bytes) -> bytes:
-    """Last guard before a socket write: one protocol line, terminated once."""
-    body = line[:-2]
-    if not line.endswith(b"\r\n") or b"\r" in body or b"\n" in body or b"\x00" in body:
+    """Last guard before a socket write: one protocol line, terminated once (no CR, LF or NUL
+    before its CRLF; one scan, no copy: it runs for every line written)."""
+    if not line.endswith(b"\r\n") or _LINE_BREAKER.search(line, 0, len(line) - 2) is not None:
         raise ValueError(f"refusing to write an unsafe line: {line[:80]!r}")
     return line

@@ -553,9 +553,9 @@ class IrcSession(SessionBase):
             except OSError as exc:
                 self._end_served(exc)
                 return
-            if QUICKACK is not None:  # see _read_loop
+            if QUICKACK is not None:  # see _read_loop (on the socket under gevent's: no wrapper call)
                 try:
-                    sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+                    sock._sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)  # type: ignore[attr-defined]
                 except OSError:
                     pass
             if not data:

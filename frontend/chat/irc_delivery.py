@@ -80,7 +80,8 @@ class DeliveryTracker:
         return f"PING :{token}\r\n".encode()
 
     def on_pong(self, token: str) -> bool:
-        """A PONG arrived; True when it confirmed lines (the writer may owe the next PING)."""
+        """A PONG arrived; True when it confirmed lines and lines written since are owed the next
+        PING (the writer sends it)."""
         if self._pinged is None or token != self._pinged[0]:
             return False
         lines = self._pinged[1]
@@ -88,7 +89,7 @@ class DeliveryTracker:
         for key, line in lines:
             self._deliver(key, line)
         self._check_settled()
-        return True
+        return bool(self._unconfirmed)
 
     def on_echo(self) -> None:
         """Our own PRIVMSG came back (echo-message)."""

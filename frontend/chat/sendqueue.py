@@ -483,6 +483,9 @@ def queue_command(queue: SendQueue, key: Hashable, room: Any, command: Command, 
         return
     deadline = command.expires if command.expires is not None else command.received + max_line_age
     last = len(items) - 1
+    if not last:  # one line, the commonest command
+        queue.put(key, OutLine(items[0], command, deadline))
+        return
     for i, item in enumerate(items):
         queue.put(key, OutLine(item, command if i == last else None, deadline))
 

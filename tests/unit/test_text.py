@@ -1,5 +1,6 @@
 """Outgoing text: no CR/LF/NUL ever, no line over its budget, no split UTF-8 character (properties)."""
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from frontend.chat.irc_format import (LINE_LIMIT, fold, join_lines, message_lines, nick_candidates,
@@ -139,3 +140,15 @@ def test_the_fold_cache_stays_bounded():
     assert len(cache) <= irc_format.FOLD_CACHE_MAX
     fold("Zq[x]")
     assert cache.get("Zq[x]") == "zq{x}"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=40), st.sampled_from([b"", b"\r", b"\n", b"\r\n", b"\n\r", b"\x00\r\n"]))
+def test_the_last_guard_refuses_exactly_the_unsafe_lines(body, end):
+    line = body + end
+    unsafe = not line.endswith(b"\r\n") or any(c in line[:-2] for c in b"\r\n\x00")
+    if unsafe:
+        with pytest.raises(ValueError):
+            assert_safe_line(line)
+    else:
+        assert assert_safe_line(line) is line
