@@ -51,6 +51,9 @@ servers:
 	fi
 
 compiled: venv  ## optional: the hot-path modules compiled by Cython (the sources stay the reference; see BENCHMARKS.md)
+	@command -v gcc >/dev/null 2>&1 && $(BIN)/python -c "import os, sys, sysconfig; \
+	  sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" || \
+	  { $(APT) update -qq && $(APT) install -y -qq gcc python3-dev; }
 	$(BIN)/pip install -q -e '.[compiled]'
 	$(BIN)/python -m frontend.compiled build
 

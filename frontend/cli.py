@@ -78,6 +78,14 @@ def worker_count(value: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import compiled
+
+    states = compiled.status()  # before the hot-path modules are imported
+    if "stale" in states.values():  # compiled code that is not the checkout's: never run it
+        print(f"greenroom: {compiled.describe(states)}; run `make compiled` again or `make clean-compiled`",
+              file=sys.stderr)
+        return 2
+
     import asyncio
 
     import asyncio_gevent
@@ -87,12 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_format)
-    from . import compiled
-    states = compiled.status()
-    if "stale" in states.values():  # compiled code that is not the checkout's: never run it
-        print(f"greenroom: {compiled.describe(states)}; run `make compiled` again or `make clean-compiled`",
-              file=sys.stderr)
-        return 2
     logging.getLogger("frontend").info("%s", compiled.describe(states))
     workers = worker_count(args.workers) if args.workers else 1
     if workers > 1 and not os.environ.get("GREENROOM_WORKER"):

@@ -198,7 +198,9 @@ class SessionBase(ChatSession):
     A permanent failure (``ConnectionLost.permanent``) backs off longer.
 
     A subclass provides ``_rooms()``, ``_session_once()`` (connect and serve until the connection
-    ends, raising ``ConnectionLost``/``LoginFailed``/``OSError`` to say why), ``_can_drain()`` and
+    ends, raising ``ConnectionLost``/``LoginFailed``/``OSError`` to say why; or connect and return
+    True, leaving the connection to hub callbacks, which call ``_served_ended(exc)`` when it ends:
+    the main greenlet lives only while connecting and backing off), ``_can_drain()`` and
     ``_goodbye()``, and may hook ``_prepare()``, ``_disconnected()``, ``_closed()`` and
     ``_wake_writer()``. Its ``__init__`` calls ``SessionBase.__init__`` and then ``_start()``.
     """

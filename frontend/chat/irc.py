@@ -15,18 +15,23 @@ concept, with the server's lines dispatched to them by name from one table (``DI
                        rooms past a channel limit moved, channels re-keyed
     base.SessionBase   the reconnect loop with backoff, drop reporting, close with drain
 
-Greenlets per connection: ``main`` connects, registers and then blocks reading the socket (no Reactor
-polling loop, so an idle connection costs no CPU). The rooms' lines queued in one turn of the hub's
-loop are written by one hub callback (``_flush``: one non-blocking write of everything queued, no
-greenlet woken); ``writer`` takes over what that cannot finish (a socket that took only part of the
-write, a flood-control token to wait for, the speak gate, TLS, ``irc_ack = "write"``), several lines
-per write. The writer lives only while it is needed: started then, it ends once it has been idle for
-``WRITER_LINGER`` seconds (a parked greenlet costs about 8 KB, and most connections are quiet most of
-the time). The socket blocks
-without a timeout (a gevent Timeout per ``recv`` costs CPU on busy links); deadlines are one hub timer
-per connection: registration must finish within ``connect_timeout``, a connection silent for
-``ping_interval`` gets a PING, and one still silent ``ping_timeout`` later is shut down, which ends the
-blocked ``recv``. A dropped connection reconnects with capped exponential backoff and full jitter,
+Greenlets per connection: none while a plain connection is up. ``main`` connects and sends the
+registration, then ends: from then on a hub callback reads the socket (``_readable``, an io watcher:
+about 0.3 KB, where a parked reader greenlet cost about 8 KB), handles the lines (registration,
+channels, PONGs) and, when the connection ends, starts ``main`` again to back off and reconnect
+(``SessionBase._served_ended``). A TLS connection keeps ``main`` as its reader (a TLS record may need
+a write, and what the TLS layer buffered does not show on the file descriptor). The rooms' lines
+queued in one turn of the hub's loop are written by one hub callback (``_flush``: one non-blocking
+write of everything queued, no greenlet woken); ``writer`` takes over what that cannot finish (a
+socket that took only part of the write, a flood-control token to wait for, the speak gate, TLS,
+``irc_ack = "write"``), several lines per write. The writer lives only while it is needed: started
+then, it ends once it has been idle for ``WRITER_LINGER`` seconds. No polling loop, so an idle
+connection costs no CPU, and no timeout per read: deadlines are one hub timer per connection:
+registration must finish within ``connect_timeout``, a connection silent for ``ping_interval`` gets a
+PING, and one still silent ``ping_timeout`` later is shut down, which the reader sees as the end of
+the connection. While the events buffer is full (``EventsBuffer``: Redis slower than the chat
+servers) nothing is read: the server holds the rest, and the buffer calls the reader back once it
+has room. A dropped connection reconnects with capped exponential backoff and full jitter,
 then rejoins.
 
 Servers' limits: past a server's channel limit (ISUPPORT ``CHANLIMIT``/``MAXCHANNELS``, or the
@@ -36,8 +41,9 @@ a disconnect for flooding lowers the server's rate and burst for every connectio
 (``flood_memory``), and the lines it had not confirmed go out again at that rate (``irc_limits``).
 
 A server cannot hold the process: a line is at most ``irc_wire.MAX_LINE`` bytes (longer ones are
-dropped, counted in ``lines_too_long``, logged once a minute per connection), and the reader yields
-to the other greenlets after ``TURN_LINES`` lines or ``TURN_BYTES`` bytes, however fast it sends.
+dropped, counted in ``lines_too_long``, logged once a minute per connection), and the reader gives
+the other connections and greenlets their turn after ``TURN_LINES`` lines or ``TURN_BYTES`` bytes,
+however fast it sends.
 """
 
 from __future__ import annotations
