@@ -99,6 +99,16 @@ SERVICE_NICKS = frozenset(fold(n) for n in (
     "StatServ", "GroupServ", "SaslServ", "Global", "ALIS", "Q", "X", "AuthServ"))
 
 
+def _ack_now(sock: socket.socket) -> None:
+    """After every read: servers that do not set TCP_NODELAY (InspIRCd) hold a small write until we
+    ACK, and Linux delays ACKs by up to 40 ms unless asked again after every read."""
+    if QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
+        except OSError:
+            pass
+
+
 def _send_all(sock: socket.socket, data: bytes) -> None:
     """``sendall`` without gevent's per-call chunking (a getsockopt and a Timeout each time):
     a plain ``send`` usually takes everything at once."""
@@ -481,26 +491,12 @@ class IrcSession(SessionBase):
         lines_left, bytes_left = TURN_LINES, TURN_BYTES
         while True:
             data = sock.recv(65536)
-            if QUICKACK is not None:
-                # servers that do not set TCP_NODELAY (InspIRCd) hold a small write until we ACK;
-                # Linux delays ACKs by up to 40 ms unless asked again after every read
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
-                except OSError:
-                    pass
+            _ack_now(sock)
             if not data:
                 raise ConnectionLost(self._lost_reason or "the server closed the connection")
-            self._last_read = time.monotonic()
             if pace_events is not None:
                 pace_events.wait_for_room()  # the outgoing buffer is full: leave the rest with the server
-            too_long = reader.too_long
-            lines = reader.feed(data)
-            if reader.too_long != too_long:
-                self._too_long(reader.too_long - too_long)
-            if lines and log.isEnabledFor(logging.DEBUG):  # once per read, not per line
-                for line in lines:
-                    log.debug("irc %s: FROM SERVER: %r", self.label, line)
-            for line in lines:
+            for line in self._read_lines(reader, data):
                 try:
                     handle(line)
                 except (ConnectionLost, GreenletExit):
@@ -559,27 +555,14 @@ class IrcSession(SessionBase):
             except OSError as exc:
                 self._end_served(exc)
                 return
-            if QUICKACK is not None:  # see _read_loop (on the socket under gevent's: no wrapper call)
-                try:
-                    sock._sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)  # type: ignore[attr-defined]
-                except OSError:
-                    pass
+            _ack_now(sock._sock)  # type: ignore[attr-defined]  # (no gevent wrapper call)
             if not data:
                 self._end_served(ConnectionLost(self._lost_reason or "the server closed the connection"))
                 return
-            self._last_read = time.monotonic()
-            reader = self._lines
-            assert reader is not None
-            too_long = reader.too_long
-            lines = reader.feed(data)
-            if reader.too_long != too_long:
-                self._too_long(reader.too_long - too_long)
-            if lines:
-                if log.isEnabledFor(logging.DEBUG):  # once per read, not per line
-                    for line in lines:
-                        log.debug("irc %s: FROM SERVER: %r", self.label, line)
-                if not self._handle_lines(sock, lines, 0):
-                    return  # the turn is over (or the connection ended)
+            assert self._lines is not None
+            lines = self._read_lines(self._lines, data)
+            if lines and not self._handle_lines(sock, lines, 0):
+                return  # the turn is over (or the connection ended)
             bytes_left -= len(data)
             if bytes_left <= 0 or len(data) < 65536:
                 # the turn is over, or the socket likely has no more: the loop calls again if it has
@@ -630,6 +613,18 @@ class IrcSession(SessionBase):
             return  # told already
         self._stop_reading()
         self._served_ended(exc)
+
+    def _read_lines(self, reader: LineReader, data: bytes) -> list[str]:
+        """The lines one read completed (longer ones than ``MAX_LINE`` counted and dropped)."""
+        self._last_read = time.monotonic()
+        too_long = reader.too_long
+        lines = reader.feed(data)
+        if reader.too_long != too_long:
+            self._too_long(reader.too_long - too_long)
+        if lines and log.isEnabledFor(logging.DEBUG):  # once per read, not per line
+            for line in lines:
+                log.debug("irc %s: FROM SERVER: %r", self.label, line)
+        return lines
 
     def _too_long(self, n: int) -> None:
         self.counters["lines_too_long"] += n
