@@ -6,7 +6,8 @@ latency histograms are ``FastHistogram``s (a bisect and two adds). Names, with `
 
 - ``commands_received``, ``commands_applied``, ``commands_dead:<code>``, ``commands_requeued``
 - ``events_pushed``, ``events_dropped`` (buffer full), ``events_unencodable``,
-  ``events_rate_dropped`` (a room past its inbound limit)
+  ``events_rate_dropped`` (a room past its inbound limit), ``reads_held`` (a chat reader paused
+  because the event buffer was past its high-water mark)
 - ``chat_reconnects:<protocol>``, ``redis_reconnects:<component>``, ``line_drops:<code>``,
   ``lines_too_long`` (IRC lines over 8 KiB + 512 B, dropped), ``stanzas_too_big`` (XMPP streams
   dropped for a stanza over 1 MiB), ``members_untracked`` (channel members / MUC occupants past the

@@ -91,6 +91,10 @@ class FrontendCollector:
         yield CounterMetricFamily("greenroom_events_dropped",
                                   "Events dropped because the buffer was full while Redis was down",
                                   stats.get("events_dropped", 0))
+        yield CounterMetricFamily("greenroom_reads_held",
+                                  "Times a chat connection stopped reading because the event buffer was full "
+                                  "(Redis slower than the chat servers: the servers hold the rest)",
+                                  stats.get("reads_held", 0))
         yield CounterMetricFamily("greenroom_events_rate_dropped",
                                   "Chat lines dropped because a room was past its inbound limit",
                                   stats.get("events_rate_dropped", 0))

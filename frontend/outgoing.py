@@ -122,6 +122,7 @@ class OutgoingDispatcher(Service):
     def when_room(self, callback: Callable[[], None]) -> None:
         """Backpressure for readers served from the hub (which must not block): ``callback`` is
         called once, from the outgoing greenlet, when the buffer is no longer ``full()``."""
+        self._counters["reads_held"] += 1
         self._room_waiters.append(callback)
         self.wake.set()
 
@@ -139,6 +140,8 @@ class OutgoingDispatcher(Service):
         """Backpressure for chat readers: while Redis is answering but the buffer is past its
         high-water mark, wait for it to drain (the chat server holds what we do not read). While
         Redis is down nothing waits here: events go to the bounded buffer instead."""
+        if self.full():
+            self._counters["reads_held"] += 1
         while self.full():
             self._space.clear()
             self.wake.set()

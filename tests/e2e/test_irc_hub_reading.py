@@ -11,9 +11,10 @@ on cue: drop the connection, or send 1,000 lines in one write.
   and ends again once the new connection is read from the hub.
 - More lines in one read than a turn allows (``TURN_LINES``): all of them reach the room, in order.
 - Backpressure: while the events buffer is full nothing is read (the server holds the lines); once
-  it has room, every line arrives, in order. The buffer here is one the test fills and drains (the
-  real one, ``outgoing.Outbox``, is full only while Redis is slower than the chat servers); its
-  interface is the session's ``EventsBuffer``.
+  it has room, every line arrives, in order. First with a buffer the test fills and drains (the
+  session's ``EventsBuffer`` interface), then through the real one: a whole frontend whose Redis is
+  frozen (SIGSTOP) for less than its socket timeout, so Redis is slow, not down, while ngircd
+  delivers more lines than the buffer holds: none is dropped, and the readers were held.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from frontend.config import load_settings
 from frontend.counters import Counters
 from frontend.sessions import SessionPool
 from tests.e2e.test_session_contract import RecordingRoom
-from tests.support.frontend import FAST, irc_spec
+from tests.support.events import EventLog
+from tests.support.frontend import FAST, irc_spec, push, running_frontend
 from tests.support.irc_client import Observer
 from tests.support.names import uniq
 from tests.support.scripted_ircd import ScriptedIrcd, irc_stub_spec
@@ -174,3 +176,30 @@ def test_nothing_is_read_while_the_events_buffer_is_full_and_nothing_is_lost(poo
         wait_until(lambda: len(room.of("message")) == 6, 5, what="reading goes on")
     finally:
         ircd.stop()
+
+
+def test_a_slow_redis_holds_the_readers_and_no_event_is_lost(redis_server, redis_url, redis_client, ngircd):
+    n, buffer_size = 3000, 2000  # more lines than the buffer holds: without backpressure, 1,000 dropped
+    chan, nick = "#" + uniq("slow"), uniq("sb")
+    events = EventLog(redis_client)
+    with running_frontend(redis_url, event_buffer=buffer_size, event_batch=50) as frontend:
+        push(redis_client, {"type": "join", "room": "slow1", "spec": irc_spec(ngircd, chan, nick=nick)})
+        events.wait(10, type="joined", room="slow1")
+        talker = Observer(ngircd.host, ngircd.port, uniq("st"), [chan])
+        try:
+            redis_server.pause()  # 3 s: under the frontend's 5 s Redis socket timeout, so slow, not down
+            try:
+                talker.send_many([f"PRIVMSG {chan} :m{i}".encode() for i in range(n)])
+                gevent.sleep(3.0)
+            finally:
+                redis_server.resume()
+            texts = events.wait_for(
+                lambda seen: (lambda got: got if len(got) >= n else None)(
+                    [e["text"] for e in seen if e["type"] == "message" and e["room"] == "slow1"]),
+                60, what=f"{n} messages")
+            assert texts == [f"m{i}" for i in range(n)]
+            counters = frontend.counters
+            assert counters["events_dropped"] == 0
+            assert counters["reads_held"] >= 1  # the reader stopped at the high-water mark
+        finally:
+            talker.close()
