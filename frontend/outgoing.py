@@ -129,6 +129,8 @@ class OutgoingDispatcher(Service):
     def _has_room(self) -> None:
         """The buffer has room (or Redis is down, or stopping): readers go on."""
         self._space.set()
+        if not self._room_waiters:  # (after every batch: nothing to swap, nothing allocated)
+            return
         waiters, self._room_waiters = self._room_waiters, []
         for callback in waiters:
             try:

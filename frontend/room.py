@@ -114,22 +114,20 @@ class Room:
 
     # ------------------------------------------------------------------------- RoomLink (sessions)
     def emit(self, type: str, **fields: Any) -> None:
-        if type in _CHAT_EVENTS and self._ctx.inbound_rate and not self._inbound_allowed():
-            return
-        try:
-            payload, ts = protocol.encode_event(type, self._head, fields)
-        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
-            self._ctx.outbox.unencodable(self.id, type, exc)
-            return
-        self._ctx.outbox.event_bytes(self._events_key, payload, ts)
+        self._emit(type, protocol.encode_event, fields)
 
     def emit_body(self, type: str, body: str) -> None:
         """``emit`` with the fields already encoded (``protocol.encode_fields``): what a session
         hands every room of a channel, encoded once."""
+        self._emit(type, protocol.encode_event_body, body)
+
+    def _emit(self, type: str, encode: Callable[[str, str, Any], tuple[bytes, float]], what: Any) -> None:
+        """The room's inbound limit for chat events, then ``encode(type, head, what)`` to the outbox
+        (an event that cannot be encoded is counted and logged there, never raised)."""
         if type in _CHAT_EVENTS and self._ctx.inbound_rate and not self._inbound_allowed():
             return
         try:
-            payload, ts = protocol.encode_event_body(type, self._head, body)
+            payload, ts = encode(type, self._head, what)
         except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
             self._ctx.outbox.unencodable(self.id, type, exc)
             return
