@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 _ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
@@ -28,12 +29,15 @@ def _lower(text: str) -> str:
 
 
 def _number(value: Any) -> str:
-    """A JSON number as Lua's ``tostring`` writes it (integral values without a fraction)."""
+    """A JSON number as Lua's ``tostring`` writes it: cjson makes every number a double, which Lua
+    writes with ``%.14g`` (integral values without a fraction, 14 significant digits)."""
     if isinstance(value, bool):
         return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a double: cjson reads it as infinite
+        number = math.inf if value > 0 else -math.inf
+    return "%.14g" % number
 
 
 def share_key(spec: Any) -> str:
@@ -67,12 +71,15 @@ PUBLIC, TAKE, RELEASE = "public", "take", "release"
 def decode_stored(value: bytes) -> tuple[str, bytes, str | None]:
     """``(PUBLIC, item, tenant)`` for a command (``tenant``: the scoped tenant whose own intake it came
     through, else None), or ``(verb, room as bytes, None)`` for an internal marker."""
-    if value.startswith(b"\0!"):
+    if not value.startswith(b"\0"):  # a public item as it was popped: the commonest, one test
+        return PUBLIC, value, None
+    kind = value[1:2]
+    if kind == b"!":
         verb, _, room = value[2:].partition(b"\0")
         return verb.decode("ascii", "replace"), room, None
-    if value.startswith(b"\0@"):
+    if kind == b"@":
         tenant, _, item = value[2:].partition(b"\0")
         return PUBLIC, item, tenant.decode("utf-8", "replace")
-    if value.startswith(b"\0\0"):
+    if kind == b"\0":
         return PUBLIC, value[2:], None
     return PUBLIC, value, None
