@@ -117,14 +117,32 @@ class InflightLedger:
         """A script's reply ``[seq, stored, ...]``: held from now, and what may be handed out now,
         in sequence order (possibly items of an earlier reply that waited for these)."""
         now = time.monotonic()
+        held, pending, nxt = self._held, self._pending, self._next
+        if not pending:  # the commonest reply: the next seqs in order, none seen before
+            out = []
+            size = 0
+            for i in range(0, len(reply), 2):
+                seq, stored = int(reply[i]), reply[i + 1]
+                if seq != nxt or seq in held:
+                    break
+                held[seq] = (len(stored), now)
+                size += len(stored)
+                out.append((seq, stored))
+                nxt += 1
+            else:
+                self._bytes += size
+                self._next = nxt
+                return out
+            for seq, stored in out:  # not so after all: held again below, handed out in order
+                del held[seq]
         for i in range(0, len(reply), 2):
             seq, stored = int(reply[i]), reply[i + 1]
             if seq < self._next:
                 continue  # handed out already, or forgotten (``forget_all``)
-            if seq not in self._held:
-                self._held[seq] = (len(stored), now)
+            if seq not in held:
+                held[seq] = (len(stored), now)
                 self._bytes += len(stored)
-            self._pending[seq] = stored
+            pending[seq] = stored
         return self._ready()
 
     def _ready(self) -> list[tuple[int, bytes]]:
@@ -189,8 +207,10 @@ class InflightLedger:
     def ack(self, seq: int) -> None:
         """The command ``seq`` was written (or rejected): its HDEL goes with the next outgoing batch."""
         if seq in self._held:
-            self._acks.append(seq)
-            self._wake_writer()
+            acks = self._acks
+            acks.append(seq)
+            if len(acks) == 1:  # the writer was told when the first of them came
+                self._wake_writer()
 
     def take_acks(self) -> list[int]:
         """The acknowledgements to write now (for the outgoing dispatcher's batch)."""
