@@ -439,7 +439,7 @@ def parse_command(raw: bytes, *, max_text_bytes: int = MAX_TEXT_BYTES) -> Comman
     ``tls_ca`` must be a file this host can use (``cafile.check_file``): this is the frontend's edge.
     """
     command = validate_command(decode(raw), max_text_bytes=max_text_bytes, raw=raw, auto_id=True)
-    tls_ca = getattr(command.spec, "tls_ca", None)
+    tls_ca = None if command.spec is None else getattr(command.spec, "tls_ca", None)
     if tls_ca is not None:
         try:
             cafile.check_file(tls_ca)

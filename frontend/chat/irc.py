@@ -146,7 +146,7 @@ class IrcSession(SessionBase):
     protocol = "irc"
     flood_by_default = True
     # thousands of these live in one process: no per-instance __dict__
-    __slots__ = ("channels", "registration", "delivery", "registered", "userhost_len", "index", "identity",
+    __slots__ = ("channels", "registration", "delivery", "registered", "_userhost_len", "_prefix", "index", "identity",
                  "info", "fold", "_nick", "_folded_nick", "_pace_events", "_urgent", "_sock", "_writer",
                  "_last_read", "_ping_sent_at", "_liveness", "_lost_reason", "facts", "_rehome",
                  "_written", "_confirmed", "_first_write_at", "_flood_seen", "_flush_cb", "_linger",
@@ -183,8 +183,9 @@ class IrcSession(SessionBase):
         self.registration: Optional[Registration] = None  # only while registering
         self.delivery = DeliveryTracker(settings.irc_ack, self._delivered)
         self.registered = False
+        self._prefix = 0  # prefix_len of our nick and userhost_len (0: to be worked out again)
         #: len("!user@host") as the server shows us, once our own JOIN told us (for line budgets)
-        self.userhost_len: Optional[int] = None
+        self.userhost_len = None
         self.nick = spec.nick
         self._urgent: list[bytes] = []
         self._sock: Optional[socket.socket] = None
@@ -242,7 +243,7 @@ class IrcSession(SessionBase):
         spec: IrcSpec = room.spec  # type: ignore[assignment]
         refused = self._refusal(room, command)
         if refused is None:
-            prefix = prefix_len(self.nick, self.userhost_len)
+            prefix = self._prefix or self._prefix_len()
             try:
                 if command.type == "topic":
                     line = topic_line(spec.channel, command.text or "", prefix=prefix)
@@ -284,6 +285,23 @@ class IrcSession(SessionBase):
     @nick.setter
     def nick(self, value: str) -> None:
         self._nick, self._folded_nick = value, self.fold(value)
+        self._prefix = 0
+
+    @property
+    def userhost_len(self) -> Optional[int]:
+        """len("!user@host") as the server shows us, once our own JOIN told us (for line budgets)."""
+        return self._userhost_len
+
+    @userhost_len.setter
+    def userhost_len(self, value: Optional[int]) -> None:
+        self._userhost_len = value
+        self._prefix = 0
+
+    def _prefix_len(self) -> int:
+        """How long the server's prefix of our lines is (``prefix_len``), kept until the nick or
+        ``userhost_len`` changes: every line's budget needs it."""
+        self._prefix = prefix_len(self._nick, self._userhost_len)
+        return self._prefix
 
     @property
     def folded_nick(self) -> str:
@@ -706,8 +724,7 @@ class IrcSession(SessionBase):
         # them back from delivery.reset(). Lines confirmed by the write itself: after it.
         confirm_later = delivery.mode == "pong" or delivery.echo
         if confirm_later:
-            for key, line in taken:
-                delivery.written(key, line)
+            delivery.written_all(taken)
         ping = delivery.ping_line()
         if ping is not None:
             data.append(ping)
@@ -767,8 +784,7 @@ class IrcSession(SessionBase):
                         _shut_down(sock)  # wakes the reader, which reconnects
                         return
                 if not confirm_later:
-                    for key, line in taken:
-                        delivery.written(key, line)
+                    delivery.written_all(taken)
                 if wait > 0:  # the bucket is empty: wait for its next token (or an urgent line)
                     queue.wake.wait(wait)
                     queue.wake.clear()

@@ -70,6 +70,25 @@ class DeliveryTracker:
         else:
             self._deliver(key, line)
 
+    def written_all(self, lines: list[tuple[Hashable, OutLine]]) -> None:
+        """``written`` for each of a batch's lines, in order (one call and one ``settled`` change for
+        the batch when they all await a PONG, the commonest case)."""
+        if self.echo or self.mode != "pong":
+            for key, line in lines:
+                self.written(key, line)
+            return
+        unconfirmed = self._unconfirmed
+        waiting = len(unconfirmed)
+        for item in lines:
+            if item[1].on_sent is None:
+                unconfirmed.append(item)
+            else:  # a barrier: delivered when written, as ``written`` does, once settled says so
+                if len(unconfirmed) > waiting:
+                    self.settled.clear()
+                self._deliver(*item)
+        if len(unconfirmed) > waiting:
+            self.settled.clear()
+
     def ping_line(self) -> bytes | None:
         """The PING that asks the server to confirm what was written since the last one, if due."""
         if not self._unconfirmed or self._pinged is not None:
