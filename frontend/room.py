@@ -253,9 +253,8 @@ class Room:
 
     def wait_sent(self, timeout: float) -> None:
         """Until the room's queued lines went out (or ``timeout``): before it leaves for a peer."""
-        deadline = time.monotonic() + timeout
-        while self.session is not None and self.session.depth(self) and time.monotonic() < deadline:
-            gevent.sleep(0.05)
+        if self.session is not None:
+            self.session.wait_sent(self, timeout)
 
     def _on_ping(self, command: Command) -> None:
         self.emit("pong", cmd_id=command.cmd_id)

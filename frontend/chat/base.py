@@ -162,6 +162,11 @@ class ChatSession(abc.ABC):
         """Lines of this room waiting to be sent."""
 
     @abc.abstractmethod
+    def wait_sent(self, room: RoomLink, timeout: float) -> bool:
+        """Block the calling greenlet until no line of this room waits to be sent (``depth`` 0), or
+        ``timeout`` seconds; True when none waits."""
+
+    @abc.abstractmethod
     def apply_settings(self, settings: Settings) -> None:
         """A reload: use the new Settings from now on (limits, flood defaults, timers)."""
 
@@ -279,6 +284,10 @@ class SessionBase(ChatSession):
             return 0
         seat = self._seat(room)
         return queue.depth(seat) if seat is not None else 0
+
+    def wait_sent(self, room: RoomLink, timeout: float) -> bool:
+        seat = self._seat(room)
+        return seat is None or self.queue.wait_empty(seat, timeout)
 
     def apply_settings(self, settings: Settings) -> None:
         """The new limits and timers from now on; a configured flood default that changed replaces

@@ -100,7 +100,7 @@ class SendQueue:
     """Per-room FIFO queues, served round-robin by tenant then by room, optional token bucket."""
 
     __slots__ = ("bucket", "max_per_room", "_on_drop", "_queues", "_enabled", "_ring", "_in_ready",
-                 "_groups", "_last", "wake", "_on_wake", "shares", "_sent", "__weakref__")
+                 "_groups", "_last", "wake", "_on_wake", "shares", "_sent", "_emptied", "__weakref__")
 
     def __init__(self, bucket: TokenBucket | None, max_per_room: int, on_drop: DropHandler,
                  on_wake: Callable[[], None] | None = None, shares: Optional[TenantShares] = None) -> None:
@@ -120,6 +120,8 @@ class SendQueue:
         #: the registered tenants' shares on this frontend (None: no tenant limits, nothing counted)
         self.shares: Optional[TenantShares] = None
         self._sent = None  # the frontend's tally of every room's lines sent (the shares')
+        #: room -> an Event set when its last queued line is taken (``wait_empty``; made on first use)
+        self._emptied: dict[Hashable, gevent.event.Event] | None = None
         if shares is not None:
             self.use_shares(shares)
 
@@ -151,6 +153,28 @@ class SendQueue:
         q = self._queues.get(room)
         return len(q) if q else 0
 
+    def wait_empty(self, room: Hashable, timeout: float) -> bool:
+        """Block the calling greenlet until the room has no line queued (taken by the writer, dropped,
+        or the room removed), or ``timeout`` seconds; True when none is left."""
+        if not self._queues.get(room):
+            return True
+        emptied = self._emptied
+        if emptied is None:
+            emptied = self._emptied = {}
+        event = emptied.get(room)
+        if event is None:
+            event = emptied[room] = gevent.event.Event()
+        # (a wait that times out leaves its Event: it goes when the queue empties or the room goes)
+        return event.wait(timeout) or not self._queues.get(room)
+
+    def _now_empty(self, room: Hashable) -> None:
+        """The room's last queued line went: whoever waits for that (``wait_empty``) goes on."""
+        emptied = self._emptied
+        if emptied:
+            event = emptied.pop(room, None)
+            if event is not None:
+                event.set()
+
     # ------------------------------------------------------------------------------ groups
     def _group_of(self, room: Hashable) -> _Group:
         tenant = _tenant_of(room)
@@ -176,6 +200,8 @@ class SendQueue:
         """The room has no lines left: its queue goes (an empty deque is 0.7 KB: most rooms are quiet),
         and the room leaves its group unless it is enabled."""
         del self._queues[room]
+        if self._emptied:
+            self._now_empty(room)
         if room not in self._enabled:
             self._leave(room, group)
 
@@ -276,6 +302,8 @@ class SendQueue:
         """Forget a room; returns its unsent lines."""
         self._enabled.discard(room)
         q = self._queues.pop(room, None)
+        if self._emptied:
+            self._now_empty(room)
         group = q.group if q is not None else self._groups.get(_tenant_of(room))
         if group is not None:
             if q and group.share is not None:
@@ -307,6 +335,8 @@ class SendQueue:
             if share is not None:
                 share.queued -= 1
                 share.tally.dropped += 1
+        if not q and self._emptied:
+            self._now_empty(room)
         self._on_drop(room, line, code)
         return line
 
@@ -355,6 +385,8 @@ class SendQueue:
                 else:
                     in_ready.discard(room)
                     del queues[room]  # (the room is enabled: it stays in its group)
+                    if self._emptied:
+                        self._now_empty(room)
             if not ready:
                 ring.popleft()
                 group.ready = NOT_READY
@@ -425,6 +457,8 @@ class SendQueue:
             else:
                 in_ready.discard(room)
                 del queues[room]  # (the room is enabled: it stays in its group)
+                if self._emptied:
+                    self._now_empty(room)
             if not ready:
                 ring.popleft()
                 group.ready = NOT_READY

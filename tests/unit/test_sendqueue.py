@@ -101,3 +101,40 @@ def test_drained_rooms_hold_no_queue_and_wake_calls_back():
     assert not q.has_lines() and q.depth("a") == 0 and len(q) == 0
     q.put("a", OutLine("z"))  # a room that drained takes new lines as before
     assert [line.data for _, line in q.take(10)[0]] == ["z"]
+
+
+def test_a_wait_for_the_rooms_lines_ends_when_the_last_is_taken_not_before():
+    import gevent
+
+    q, _ = make()
+    q.enable("r")
+    assert q.wait_empty("r", 0.0)  # nothing queued: at once
+    for i in range(3):
+        q.put("r", OutLine(f"l{i}"))
+    q.put("other", OutLine("o"))
+    waiter = gevent.spawn(q.wait_empty, "r", 5.0)
+    gevent.sleep(0.01)
+    assert [line.data for _, line in q.take(2)[0]] == ["l0", "l1"]
+    gevent.sleep(0.01)
+    assert not waiter.ready()  # one line of r is left
+    started = time.monotonic()
+    assert [line.data for _, line in q.take(1)[0]] == ["l2"]
+    assert waiter.get(timeout=1) is True and time.monotonic() - started < 0.05  # woken, not polled
+    assert q.depth("other") == 1 and not q.wait_empty("other", 0.02)  # "other" was never enabled
+
+
+def test_a_wait_ends_when_the_rooms_lines_are_dropped_or_it_is_removed():
+    import gevent
+
+    q, drops = make()
+    q.put("r", OutLine("old", deadline=time.time() - 1))  # stale when its turn comes
+    q.enable("r")
+    waiter = gevent.spawn(q.wait_empty, "r", 5.0)
+    gevent.sleep(0.01)
+    assert q.take(10)[0] == [] and drops == [("r", "old", "stale")]
+    assert waiter.get(timeout=1) is True
+    q.put("gone", OutLine("x"))
+    waiter = gevent.spawn(q.wait_empty, "gone", 5.0)
+    gevent.sleep(0.01)
+    assert [line.data for line in q.remove("gone")] == ["x"]
+    assert waiter.get(timeout=1) is True
