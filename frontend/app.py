@@ -35,7 +35,7 @@ import gevent
 import gevent.event
 import redis
 
-from . import __version__
+from . import __version__, gc_tuning
 from .chat.base import SpeakGate
 from .config import Settings
 from .counters import OTHER_TENANT, Counters
@@ -252,6 +252,7 @@ class Frontend:
         self.started_at = time.time()
         log.info("frontend %s starting (redis %s)", self.settings.frontend_id,
                  self.settings.redacted_redis_url())
+        gc_tuning.apply(self.settings.gc_young_threshold)
         self.metrics.start(self.settings.metrics_addr)
         self.supervisor.start([self.redis_ping])
         specs = self._wait_for_redis(self._prepare)
@@ -329,6 +330,7 @@ class Frontend:
         if new is None:
             return False
         apply_logging(old, new)
+        gc_tuning.apply(new.gc_young_threshold)
         self.settings = new
         for part in (self.outbox, self.incoming, self.router, *self.tenant_routers.values(), self.sessions,
                      self.metrics, self.room_context):

@@ -94,6 +94,31 @@ def test_reload_in_process_reaches_sessions(redis_url, redis_client, ngircd, tmp
         assert not fe.reload() and fe.settings.room_queue_max == 77
 
 
+def test_the_garbage_collector_threshold_is_set_at_start_and_by_a_reload(redis_url, tmp_path):
+    import gc
+
+    from frontend import gc_tuning
+    from frontend.config import load_settings
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(*gc_tuning.PYTHON_THRESHOLDS)
+        with running_frontend(redis_url) as fe:
+            wait_until(lambda: gc.get_threshold()[0] == fe.settings.gc_young_threshold == 5_000,
+                       what="the frontend's threshold")
+            config = tmp_path / "g.toml"
+            config.write_text("gc_young_threshold = 0\n")
+            fe.config_loader = lambda: load_settings(str(config), env={})
+            level = logging.getLogger().level
+            try:
+                assert fe.reload()
+            finally:
+                logging.getLogger().setLevel(level)
+            assert gc.get_threshold() == gc_tuning.PYTHON_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_json_log_format_with_room_ids(redis_url, redis_client, ngircd, tmp_path):
     events = EventLog(redis_client)
     proc = FrontendProcess(redis_url, str(tmp_path / "fe.log"), frontend_id="fe-json", log_format="json")

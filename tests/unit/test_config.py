@@ -46,3 +46,22 @@ def test_redis_password_is_redacted():
     assert redact_url("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert redact_url("rediss://user:s3cret@host/0") == "rediss://user:***@host/0"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_the_garbage_collector_setting(tmp_path):
+    import gc
+
+    from frontend import gc_tuning
+
+    assert load_settings(env={}).gc_young_threshold == 5_000
+    assert load_settings("configs/greenroom.toml", env={}).gc_young_threshold == 5_000
+    with pytest.raises(ConfigError, match="gc_young_threshold must be 0"):
+        load_settings(env={"GREENROOM_GC_YOUNG_THRESHOLD": "-1"})
+    before = gc.get_threshold()
+    try:
+        assert gc_tuning.apply(50_000) == (50_000, *gc_tuning.PYTHON_THRESHOLDS[1:]) == gc.get_threshold()
+        assert gc_tuning.apply(0) == gc_tuning.PYTHON_THRESHOLDS == gc.get_threshold()
+        with pytest.raises(ValueError):
+            gc_tuning.apply(-5)
+    finally:
+        gc.set_threshold(*before)
