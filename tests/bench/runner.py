@@ -137,6 +137,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--go-bin", default=str(GO_BIN))
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="run py-spy on the frontend over each measured window; collapsed stacks to DIR")
+    p.add_argument("--profile-native", action="store_true",
+                   help="with --profile: C frames too (gevent, hiredis, the interpreter); py-spy then pauses "
+                        "the frontend for each sample (accurate stacks, slower frontend)")
+    p.add_argument("--profile-blocking", action="store_true",
+                   help="with --profile: py-spy pauses the frontend for each sample (whole stacks, never torn)")
+    p.add_argument("--profile-rate", type=int, default=100, help="with --profile: samples per second")
     p.add_argument("--report", metavar="JSONL", default=None,
                    help="only print the table of an earlier run's JSON lines")
     p.add_argument("--sender-conns", type=int, default=4, help="IRC connections of the inbound sender")
@@ -192,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         log("no frontend to run")
         return 2
     opts = Options(idle_s=args.idle or (3.0 if args.quick else 10.0), keep=args.keep,
-                   sender_conns=args.sender_conns, profile_dir=args.profile)
+                   sender_conns=args.sender_conns, profile_dir=args.profile,
+                   profile_native=args.profile_native, profile_blocking=args.profile_blocking,
+                   profile_rate=args.profile_rate)
     out = Path(args.out) if args.out else ROOT / "tests" / "bench" / "results" / time.strftime("%Y%m%d-%H%M%S.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _interrupt)

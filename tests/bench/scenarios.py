@@ -101,6 +101,9 @@ class Options:
     verbose: bool = True
     sender_conns: int = 4
     profile_dir: str | None = None   # py-spy raw stacks of the frontend over each measured window
+    profile_native: bool = False     # ... with C frames (py-spy pauses the frontend per sample)
+    profile_blocking: bool = False   # ... py-spy pausing the frontend per sample (native implies it)
+    profile_rate: int = 100          # ... samples per second
 
 
 def log(msg: str) -> None:
@@ -347,8 +350,11 @@ class Bench:
         os.makedirs(self.opts.profile_dir, exist_ok=True)
         path = os.path.join(self.opts.profile_dir, f"{self.fe_spec.label}-{self.sc.name.replace(':', '_')}"
                                                    f"-{what}-{time.strftime('%H%M%S')}.txt")
-        prof = procs.spawn([pyspy, "record", "--pid", str(fe.proc.pid), "--format", "raw", "--rate", "100",
-                            "--nonblocking", "--output", path], log_path=os.path.join(self.dir, "py-spy.log"))
+        how = (["--native"] if self.opts.profile_native else
+               [] if self.opts.profile_blocking else ["--nonblocking"])
+        prof = procs.spawn([pyspy, "record", "--pid", str(fe.proc.pid), "--format", "raw", "--rate",
+                            str(self.opts.profile_rate), *how, "--output", path],
+                           log_path=os.path.join(self.dir, "py-spy.log"))
         time.sleep(1.0)  # py-spy attaches
         try:
             yield path
