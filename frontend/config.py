@@ -256,8 +256,8 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
         raise ConfigError("flood_learn_min_rate must be above 0 and at most flood_learn_rate")
     if not 0.0 <= settings.ready_share <= 1.0:
         raise ConfigError("ready_share must be between 0 and 1")
-    if settings.gc_young_threshold < 0:
-        raise ConfigError("gc_young_threshold must be 0 (Python's default) or more")
+    if not 0 <= settings.gc_young_threshold <= 2 ** 31 - 1:
+        raise ConfigError("gc_young_threshold must be 0 (Python's default) or more, below 2**31")
     for server, overrides in settings.servers.items():  # the connection budget: a whole number >= 0
         value = overrides.get("max_connections", 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -27,8 +27,8 @@ PYTHON_THRESHOLDS: tuple[int, int, int] = gc.get_threshold()  # type: ignore[ass
 
 def apply(young: int) -> tuple[int, int, int]:
     """Set the young generation's threshold (0: Python's); the thresholds now in force."""
-    if young < 0:
-        raise ValueError("gc_young_threshold must be 0 (Python's default) or more")
+    if not 0 <= young <= 2 ** 31 - 1:  # (the interpreter takes a C int)
+        raise ValueError("gc_young_threshold must be 0 (Python's default) or more, below 2**31")
     wanted = PYTHON_THRESHOLDS if young == 0 else (young, *PYTHON_THRESHOLDS[1:])
     if gc.get_threshold() != wanted:
         gc.set_threshold(*wanted)

@@ -55,13 +55,15 @@ def test_the_garbage_collector_setting(tmp_path):
 
     assert load_settings(env={}).gc_young_threshold == 5_000
     assert load_settings("configs/greenroom.toml", env={}).gc_young_threshold == 5_000
-    with pytest.raises(ConfigError, match="gc_young_threshold must be 0"):
-        load_settings(env={"GREENROOM_GC_YOUNG_THRESHOLD": "-1"})
+    for bad in ("-1", str(2 ** 31), str(10 ** 30)):
+        with pytest.raises(ConfigError, match="gc_young_threshold must be 0"):
+            load_settings(env={"GREENROOM_GC_YOUNG_THRESHOLD": bad})
     before = gc.get_threshold()
     try:
         assert gc_tuning.apply(50_000) == (50_000, *gc_tuning.PYTHON_THRESHOLDS[1:]) == gc.get_threshold()
         assert gc_tuning.apply(0) == gc_tuning.PYTHON_THRESHOLDS == gc.get_threshold()
-        with pytest.raises(ValueError):
-            gc_tuning.apply(-5)
+        for bad in (-5, 2 ** 31):
+            with pytest.raises(ValueError):
+                gc_tuning.apply(bad)
     finally:
         gc.set_threshold(*before)
