@@ -8,10 +8,12 @@ METRICS = {
     "rooms": [("join_s", "join time, s"), ("rss_kb_per_room", "RSS per room, KB"),
               ("idle_cpu_pct", "CPU over idle window, % of a core"), ("connections", "IRC connections")],
     "traffic_max": [("msgs_per_s", "lines/s"), ("cpu_us_per_msg", "frontend CPU per line, µs"),
-                    ("fe_cpu_pct", "frontend CPU, % of a core"), ("lost", "lines lost")],
+                    ("fe_cpu_pct", "frontend CPU, % of a core"),
+                    ("redis_cpu_us_per_msg", "Redis CPU per line, µs (generators' share included)"),
+                    ("redis_slowest_ms", "slowest Redis command, ms"), ("lost", "lines lost")],
     "traffic_paced": [("msgs_per_s", "lines/s"), ("cpu_us_per_msg", "frontend CPU per line, µs"),
                       ("lat_p50_ms", "latency p50, ms"), ("lat_p99_ms", "latency p99, ms"),
-                      ("lost", "lines lost")],
+                      ("redis_slowest_ms", "slowest Redis command, ms"), ("lost", "lines lost")],
     # one run: the rooms figures for N MUC rooms on one stream, then paced traffic in and out
     "xmpp": [("join_s", "join time, s"), ("rss_kb_per_room", "RSS per room, KB"),
              ("idle_cpu_pct", "CPU over idle window, % of a core"), ("connections", "XMPP streams")]

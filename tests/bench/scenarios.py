@@ -291,6 +291,10 @@ def join_rooms(r: redis.Redis, fe: FrontendProcess, n: int, spec_of, timeout: fl
 
 # ---- one run --------------------------------------------------------------------------------------------
 
+#: Redis commands slower than this (µs) are counted in a load window (``redis_slow_commands``)
+SLOWLOG_US = 2000
+
+
 class Bench:
     """Fresh servers for one run of one scenario against one frontend; everything stopped on exit."""
 
@@ -461,8 +465,13 @@ class Bench:
         fe.check_alive()
         events_out = 0
         server = procs.Sampler([server_pid], interval=0.25) if server_pid else contextlib.nullcontext()
+        # Redis's side of the same window: its CPU (the generators' commands are in it too, the same for
+        # every frontend) and its slowest commands (a long script stalls every other client of Redis)
+        self.r.config_set("slowlog-log-slower-than", SLOWLOG_US)
+        self.r.config_set("slowlog-max-len", 1024)
+        self.r.slowlog_reset()
         with self.profiled(fe, "load" if direction == sc.kind else direction), procs.Sampler(fe.pids) as smp, \
-                server:
+                server, procs.Sampler([self.redis_srv.proc.pid], interval=0.25) as redis_smp:
             sink.go()
             source.go()
             wait_until = time.monotonic() + deadline_s + idle_s + 30
@@ -496,6 +505,9 @@ class Bench:
             "source_cpu_pct": None if src.get("preloaded") else src["cpu_s"] / max(1e-9, src["wall_s"]) * 100,
             "sink_cpu_pct": snk["cpu_s"] / max(1e-9, (snk["t_last"] or t_last) / 1e9 - t_start / 1e9) * 100,
         }
+        slow = [entry["duration"] for entry in self.r.slowlog_get(1024)]
+        res.update(redis_cpu_us_per_msg=(redis_smp.cpu_at(t_last) - redis_smp.cpu_at(t_start)) / max(1, count) * 1e6,
+                   redis_slowest_ms=max(slow, default=0) / 1000, redis_slow_commands=len(slow))
         if server_pid:  # e.g. prosody: is the chat server the bottleneck?
             res["server_cpu_pct"] = (server.cpu_at(t_last) - server.cpu_at(t_start)) / window * 100
         for who, done in (("source", src), ("sink", snk)):

@@ -126,3 +126,26 @@ def test_dead_letter_keeps_the_raw_item():
 def test_encode_is_compact_utf8():
     assert encode({"a": "é/x"}) == '{"a":"é/x"}'.encode()
     assert ujson.loads(encode({"t": "\r\n"})) == {"t": "\r\n"}
+
+
+def test_a_command_without_cmd_id_gets_one_from_its_bytes():
+    """PROTOCOL.md: ``auto-<hash of the item>``, the same each time the same item is delivered. It is
+    made when first read, also after the dispatcher let go of the item's bytes (``raw``)."""
+    import hashlib
+
+    raw = cmd(type="say", room="r1", text="hello")
+    first, again = parse_command(raw), parse_command(raw)
+    first.raw = b""  # as the dispatcher does once the command is routed
+    want = "auto-" + hashlib.blake2b(raw, digest_size=8).hexdigest()
+    assert first.cmd_id == want and again.cmd_id == want and first.cmd_id == want
+    assert parse_command(cmd(type="say", room="r1", text="hello!")).cmd_id != want
+    for other in (cmd(type="ping", room="r1"), cmd(type="part", room="r1"),
+                  cmd(type="join", room="r1", spec=IRC)):
+        assert parse_command(other).cmd_id == "auto-" + hashlib.blake2b(other, digest_size=8).hexdigest()
+
+
+def test_a_cmd_id_of_its_own_is_kept_and_none_is_made_without_auto_id():
+    assert parse_command(cmd(type="say", room="r1", text="x", cmd_id=0)).cmd_id == 0
+    assert parse_command(cmd(type="say", room="r1", text="x", cmd_id="c9")).cmd_id == "c9"
+    assert validate_command({"type": "say", "room": "r1", "text": "x"}, raw=b"{}").cmd_id is None
+    assert "cmd_id='auto-" in repr(parse_command(cmd(type="say", room="r1", text="x")))
