@@ -29,6 +29,7 @@ from redis.cluster import key_slot
 from redis.retry import Retry
 
 from . import redis_follow, scripts
+from .redis_wire import PLAIN_CONNECTIONS, Wire
 from .config import Settings
 from .logs import Throttle
 from .redis_url import RedisTarget, check_prefix, parse_url
@@ -228,6 +229,9 @@ class DirectLink:
             socket_keepalive=True, health_check_interval=0, retry=retry_policy(0))
         self._client = redis.Redis(connection_pool=pool)
         self._conn = pool.make_connection()
+        #: batches go through ``redis_wire.Wire`` on a plain connection (the others: redis-py's path)
+        self._wire_capable = type(self._conn) in PLAIN_CONNECTIONS
+        self._wire: Wire | None = None
         self._on_connect = on_connect
         self.name = name
         self.wait_replicas = max(0, int(settings.redis_wait_replicas))
@@ -248,10 +252,10 @@ class DirectLink:
         (connection, timeout, a kill, a promotion) drops the connection, so a reply is never left
         unread. With ``wait_replicas`` it returns once that many replicas have the batch.
         """
-        conn, client = self._conn, self._client
+        conn = self._conn
         try:
-            packed = conn.pack_commands(commands)
-        except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as exc:
+            packed = self._pack(commands)
+        except (UnicodeEncodeError, TypeError, ValueError, OverflowError, redis.DataError) as exc:
             raise PackError(f"a command of the batch cannot be sent: {exc}") from exc
         closes = self._closes
         replies: list[Any] = []
@@ -263,13 +267,18 @@ class DirectLink:
                     ahead = list(self._on_connect())
             tail = [("WAIT", self.wait_replicas, self._wait_ms)] if self.wait_replicas else []
             batch = [*ahead, *commands, *tail]
-            conn.send_packed_command([*conn.pack_commands(ahead), *packed, *conn.pack_commands(tail)]
-                                     if ahead or tail else packed)
-            for command in batch:
-                try:
-                    replies.append(client.parse_response(conn, command[0]))
-                except redis.ResponseError as exc:
-                    replies.append(exc)
+            if ahead or tail:
+                packed = [*self._pack(ahead), *packed, *self._pack(tail)]
+            wire = self._wire_of(conn)
+            if wire is not None:  # a plain connection: written and read here (``redis_wire``)
+                wire.send(packed[0] if len(packed) == 1 else b"".join(packed))
+                read = wire.read
+                for command in batch:
+                    replies.append(read(command[0]))
+            else:
+                conn.send_packed_command(packed)
+                for command in batch:
+                    replies.append(self._parse(conn, command[0]))
             evaled = False
             for i, reply in enumerate(replies):
                 if isinstance(reply, redis.ResponseError) and batch[i][0] == "EVALSHA" \
@@ -297,10 +306,46 @@ class DirectLink:
                     raise reply
         return replies
 
-    def _wait_once(self) -> int:
+    def _pack(self, commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+        """The commands packed (the same bytes on either path: both pack with hiredis)."""
+        if not commands:
+            return []
+        return [Wire.pack(commands)] if self._wire_capable else self._conn.pack_commands(commands)
+
+    def _wire_of(self, conn: Any) -> Wire | None:
+        """The ``Wire`` of the connected socket (a new one after every reconnect), or None for
+        connections that keep redis-py's path."""
+        if not self._wire_capable:
+            return None
+        wire = self._wire
+        if wire is None or wire.sock is not conn._sock:
+            wire = self._wire = Wire.for_connection(conn, self._client)
+            if wire is None:  # e.g. the server answered HELLO 3: redis-py's path from now on
+                self._wire_capable = False
+        return wire
+
+    def _parse(self, conn: Any, name: str) -> Any:
+        """One reply read through redis-py; an error reply is returned, not raised."""
+        try:
+            return self._client.parse_response(conn, name)
+        except redis.ResponseError as exc:
+            return exc
+
+    def _one(self, command: tuple[Any, ...]) -> Any:
+        """One command on the connected link, its reply (an error reply returned)."""
         conn = self._conn
-        conn.send_packed_command(conn.pack_command("WAIT", self.wait_replicas, self._wait_ms))
-        return int(self._client.parse_response(conn, "WAIT"))
+        wire = self._wire_of(conn)
+        if wire is not None:
+            wire.send(Wire.pack([command]))
+            return wire.read(command[0])
+        conn.send_packed_command(conn.pack_command(*command))
+        return self._parse(conn, command[0])
+
+    def _wait_once(self) -> int:
+        confirmed = self._one(("WAIT", self.wait_replicas, self._wait_ms))
+        if isinstance(confirmed, redis.ResponseError):
+            raise confirmed
+        return int(confirmed)
 
     def _wait_for_replicas(self, confirmed: int, closes: int) -> None:
         """Fewer than ``wait_replicas`` confirmed the batch: WAIT again until enough do (the batch is
@@ -324,12 +369,7 @@ class DirectLink:
         script = scripts.by_sha(command[1])
         if script is None:
             return redis.ResponseError(f"NOSCRIPT and no script with SHA {command[1]} is known")
-        conn = self._conn
-        conn.send_packed_command(conn.pack_command("EVAL", script.text, *command[2:]))
-        try:
-            return self._client.parse_response(conn, "EVAL")
-        except redis.ResponseError as exc:
-            return exc
+        return self._one(("EVAL", script.text, *command[2:]))
 
     def close(self) -> None:
         """Drop the connection (a blocked pop or a WAIT in progress ends with an error); the next
