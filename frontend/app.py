@@ -94,7 +94,8 @@ class Frontend:
         self.supervisor = Supervisor(counters)
         self.ledger = InflightLedger(self.redis, keys, fid, max_items=settings.inflight_max,
                                      max_bytes=settings.inflight_max_bytes,
-                                     wake_writer=lambda: self.outbox.wake.set())
+                                     wake_writer=lambda: self.outbox.wake.set(),
+                                     ack_delay=settings.ack_batch_delay)
         self.outbox = OutgoingDispatcher(DirectLink(settings, name="outgoing"), settings, keys, self.ledger, counters)
         #: open while this frontend's lease is surely valid: sessions send no room line while closed
         self.gate = SpeakGate(open=False)
@@ -332,8 +333,8 @@ class Frontend:
         apply_logging(old, new)
         gc_tuning.apply(new.gc_young_threshold)
         self.settings = new
-        for part in (self.outbox, self.incoming, self.router, *self.tenant_routers.values(), self.sessions,
-                     self.metrics, self.room_context):
+        for part in (self.ledger, self.outbox, self.incoming, self.router, *self.tenant_routers.values(),
+                     self.sessions, self.metrics, self.room_context):
             part.apply_settings(new)
         report(old, new, len(self.registry))
         return True

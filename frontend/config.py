@@ -73,6 +73,11 @@ class Settings:
     #: chat server; past it the frontend takes no more, so a backlog waits in Redis, not in memory
     inflight_max: int = 20_000
     inflight_max_bytes: int = 64 * 1024 * 1024
+    #: seconds a command's acknowledgement (its HDEL from the in-flight ledger, once its line is
+    #: confirmed) may wait to go with others in one round trip (0: each batch at once). A kill -9 in
+    #: that time sends those lines again after the restart, as for any line confirmed and not yet
+    #: acknowledged; lines, events and their latency are not delayed
+    ack_batch_delay: float = 0.005
     #: a `control` item larger than this is dead-lettered without being decoded
     max_item_bytes: int = 65536
     #: inbound chat lines per room: a burst, then lines per second (0: no limit); past it lines are
@@ -244,6 +249,8 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
     check_prefix(parse_url(settings.redis_url), settings.key_prefix)  # RedisUrlError is a ConfigError
     if settings.weight <= 0:
         raise ConfigError("weight must be above 0")
+    if not 0.0 <= settings.ack_batch_delay <= 1.0:
+        raise ConfigError("ack_batch_delay must be between 0 and 1 second")
     if not 1 <= settings.control_drain <= 5000:
         raise ConfigError("control_drain must be between 1 and 5000")
     for name in ("inflight_max", "inflight_max_bytes", "max_item_bytes", "control_drain_bytes",

@@ -29,6 +29,7 @@ import gevent.event
 import redis
 
 from . import scripts
+from .config import Settings
 from .keys import Keys
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ class InflightLedger:
     """The commands this frontend holds, in Redis and here."""
 
     def __init__(self, client: redis.Redis, keys: Keys, frontend_id: str, *, max_items: int,
-                 max_bytes: int, wake_writer: Callable[[], None] = lambda: None) -> None:
+                 max_bytes: int, wake_writer: Callable[[], None] = lambda: None,
+                 ack_delay: float = 0.0) -> None:
         self._client = client
         self.keys = keys
         self.frontend_id = frontend_id
@@ -52,6 +54,10 @@ class InflightLedger:
         self.seq_key = keys.ledger_seq(frontend_id)
         self.max_items, self.max_bytes = max_items, max_bytes
         self._wake_writer = wake_writer
+        #: seconds an acknowledgement may wait for others before the writer is woken for it
+        #: (``ack_batch_delay``; 0: at once); anything else the writer writes meanwhile takes it along
+        self.ack_delay = ack_delay
+        self._ack_timer: Any = None
         self._held: dict[int, tuple[int, float]] = {}  # seq -> (bytes, monotonic time taken)
         self._bytes = 0
         self._acks: list[int] = []  # acknowledged, HDEL not written yet (still held)
@@ -210,12 +216,39 @@ class InflightLedger:
             acks = self._acks
             acks.append(seq)
             if len(acks) == 1:  # the writer was told when the first of them came
-                self._wake_writer()
+                self._first_ack()
+
+    def _first_ack(self) -> None:
+        """Wake the writer for the acknowledgements: at once, or after ``ack_delay`` (one hub timer,
+        no greenlet), so that the acknowledgements of that time go in one HDEL. At a paced load every
+        line is confirmed on its own (its own PONG), and its own round trip would cost more CPU than
+        the line (BENCHMARKS.md "Hot path, session 7")."""
+        delay = self.ack_delay
+        if delay <= 0.0 or not self._space.is_set():  # the intake waits for these: now
+            self._wake_writer()
+            return
+        timer = self._ack_timer
+        if timer is None:
+            timer = self._ack_timer = gevent.get_hub().loop.timer(delay)
+        if not timer.active:
+            timer.start(self._wake_writer)
 
     def take_acks(self) -> list[int]:
         """The acknowledgements to write now (for the outgoing dispatcher's batch)."""
         acks, self._acks = self._acks, []
+        timer = self._ack_timer
+        if timer is not None and timer.active:
+            timer.stop()  # they go now: no wake-up for them later
         return acks
+
+    def apply_settings(self, new: Settings) -> None:
+        if new.ack_batch_delay != self.ack_delay:
+            self.ack_delay = new.ack_batch_delay
+            if self._ack_timer is not None:
+                self._ack_timer.stop()
+                self._ack_timer = None
+            if self._acks:
+                self._wake_writer()
 
     def give_back_acks(self, seqs: list[int]) -> None:
         """The batch carrying these acknowledgements failed: they go with the next one."""
