@@ -58,6 +58,7 @@ class InflightLedger:
         #: (``ack_batch_delay``; 0: at once); anything else the writer writes meanwhile takes it along
         self.ack_delay = ack_delay
         self._ack_timer: Any = None
+        self._acks_due = False
         self._held: dict[int, tuple[int, float]] = {}  # seq -> (bytes, monotonic time taken)
         self._bytes = 0
         self._acks: list[int] = []  # acknowledged, HDEL not written yet (still held)
@@ -92,6 +93,8 @@ class InflightLedger:
         """Block until there is room for at least one more item (or ``stopping``); True when there is."""
         while len(self._held) >= self.max_items or (self._bytes >= self.max_bytes and self._held):
             self._space.clear()
+            if self._acks:
+                self._due()  # what frees room must not wait for its delay
             gevent.wait([self._space, stopping], count=1)
             if stopping.is_set():
                 return False
@@ -101,6 +104,8 @@ class InflightLedger:
         """The intake script said the ledger is full (the router filled it meanwhile): wait until an
         acknowledgement reached Redis, or ``stopping``."""
         self._written.clear()
+        if self._acks:
+            self._due()  # what frees room must not wait for its delay
         gevent.wait([self._written, stopping], count=1)
 
     @staticmethod
@@ -219,40 +224,58 @@ class InflightLedger:
                 self._first_ack()
 
     def _first_ack(self) -> None:
-        """Wake the writer for the acknowledgements: at once, or after ``ack_delay`` (one hub timer,
-        no greenlet), so that the acknowledgements of that time go in one HDEL. At a paced load every
-        line is confirmed on its own (its own PONG), and its own round trip would cost more CPU than
-        the line (BENCHMARKS.md "Hot path, session 7")."""
+        """The first acknowledgement since the last write: due at once, or after ``ack_delay`` (one
+        hub timer, no greenlet), so that the acknowledgements of that time go in one HDEL. At a paced
+        load every line is confirmed on its own (its own PONG), and a round trip of its own would cost
+        more CPU than the rest of the line (BENCHMARKS.md "Hot path, session 7")."""
         delay = self.ack_delay
         if delay <= 0.0 or not self._space.is_set():  # the intake waits for these: now
-            self._wake_writer()
+            self._due()
             return
         timer = self._ack_timer
-        if timer is None:
+        if timer is None or not timer.active:
+            if timer is not None:
+                timer.close()
+            # a new timer each time: a libev timer started again after it fired fires at once
+            # (measured: 0.05 ms after the start, not 5; the IRC session's timers are made anew too)
             timer = self._ack_timer = gevent.get_hub().loop.timer(delay)
-        if not timer.active:
-            timer.start(self._wake_writer)
+            timer.start(self._due)
+
+    def _due(self) -> None:
+        self._acks_due = True
+        self._wake_writer()
+
+    @property
+    def acks_due(self) -> bool:
+        """Acknowledgements wait and their delay is over (the writer's loop goes on while this is
+        true: acknowledgements that came during its last round trip wait for their own delay)."""
+        return self._acks_due and bool(self._acks)
 
     def take_acks(self) -> list[int]:
-        """The acknowledgements to write now (for the outgoing dispatcher's batch)."""
+        """The acknowledgements to write now (for the outgoing dispatcher's batch: due or not, they
+        ride along with whatever it writes)."""
         acks, self._acks = self._acks, []
+        self._acks_due = False
         timer = self._ack_timer
-        if timer is not None and timer.active:
-            timer.stop()  # they go now: no wake-up for them later
+        if timer is not None:
+            timer.close()  # they go now: no wake-up for them later
+            self._ack_timer = None
         return acks
 
     def apply_settings(self, new: Settings) -> None:
         if new.ack_batch_delay != self.ack_delay:
             self.ack_delay = new.ack_batch_delay
             if self._ack_timer is not None:
-                self._ack_timer.stop()
+                self._ack_timer.close()
                 self._ack_timer = None
             if self._acks:
-                self._wake_writer()
+                self._due()
 
     def give_back_acks(self, seqs: list[int]) -> None:
         """The batch carrying these acknowledgements failed: they go with the next one."""
         self._acks[:0] = seqs
+        if seqs:
+            self._acks_due = True
 
     def written(self, seqs: list[int]) -> None:
         """Their HDEL reached Redis: no longer held."""

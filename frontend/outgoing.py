@@ -220,7 +220,8 @@ class OutgoingDispatcher(Service):
                                                    self.wake.set)
 
     def _has_work(self) -> bool:
-        return bool(self._events or self._ledger.pending_acks or self._dead or self._states
+        acks = self._ledger.acks_due or (self.stopping.is_set() and self._ledger.pending_acks)
+        return bool(self._events or acks or self._dead or self._states
                     or self._registry or (self._refused and time.monotonic() >= self._refused_at))
 
     def stop(self, timeout: float = 1.0) -> bool:

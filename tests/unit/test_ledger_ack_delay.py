@@ -7,6 +7,7 @@ wake-up is left for them.
 from __future__ import annotations
 
 import gevent
+import gevent.event
 import pytest
 
 from frontend.config import ConfigError, Settings, load_settings
@@ -60,12 +61,43 @@ def test_acks_taken_by_an_earlier_write_leave_no_wake_up_behind(redis_client):
     assert len(wakes) == 1
 
 
+def test_acks_that_come_during_a_write_wait_for_their_own_delay(redis_client):
+    """The writer loops while it has work: an acknowledgement that came during its last round trip
+    is not work yet (``acks_due``), or every line would get its own HDEL again at a paced load."""
+    wakes: list[float] = []
+    ledger = _ledger(redis_client, DELAY, wakes)
+    ledger.ack(1)
+    assert not ledger.acks_due
+    gevent.sleep(DELAY * 1.5)
+    assert ledger.acks_due and len(wakes) == 1
+    assert ledger.take_acks() == [1] and not ledger.acks_due
+    ledger.ack(2)  # during the HDEL's round trip
+    assert ledger.pending_acks == 1 and not ledger.acks_due
+    gevent.sleep(DELAY / 5)  # a libev timer started again after it fired would fire at once
+    assert not ledger.acks_due and len(wakes) == 1
+    gevent.sleep(DELAY * 1.5)
+    assert ledger.acks_due and len(wakes) == 2
+    acks = ledger.take_acks()
+    ledger.give_back_acks(acks)  # that batch failed: they are due at once
+    assert ledger.acks_due
+
+
 def test_a_full_ledger_wakes_the_writer_at_once(redis_client):
     wakes: list[float] = []
     ledger = _ledger(redis_client, DELAY, wakes)
     ledger._space.clear()  # the intake waits for room (``wait_for_room``)
     ledger.ack(1)
-    assert len(wakes) == 1
+    assert len(wakes) == 1 and ledger.acks_due
+    ledger.take_acks()
+    ledger._space.set()
+    ledger.ack(2)
+    assert not ledger.acks_due
+    stopping = gevent.event.Event()
+    waiter = gevent.spawn(ledger.wait_for_ack, stopping)  # the intake found the ledger full
+    gevent.sleep(0)
+    assert ledger.acks_due and len(wakes) == 2
+    stopping.set()
+    waiter.join(1)
 
 
 def test_the_delay_follows_a_reload_and_is_validated(redis_client):
