@@ -253,7 +253,7 @@ def brief(row: dict) -> str:
     if not row.get("ok"):
         return f"FAILED ({row.get('duration_s')} s): {str(row.get('error'))[:300]}"
     traffic = ["msgs_per_s", "cpu_us_per_msg", "lat_p50_ms", "lat_p99_ms", "source_cpu_pct", "sink_cpu_pct",
-               "server_cpu_pct", "redis_cpu_us_per_msg", "redis_slowest_ms"]
+               "server_cpu_pct", "redis_cpu_us_per_msg", "redis_slowest_ms", "redis_slowest"]
     keys = (["join_s", "rss_kb_per_room", "idle_cpu_pct", "connections"] + traffic
             + [p + k for p in ("in_", "out_") for k in traffic])
     parts = [f"{k}={row[k]:.3g}" if isinstance(row[k], float) else f"{k}={row[k]}" for k in keys

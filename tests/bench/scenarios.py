@@ -295,6 +295,18 @@ def join_rooms(r: redis.Redis, fe: FrontendProcess, n: int, spec_of, timeout: fl
 SLOWLOG_US = 2000
 
 
+def _command_calls(r: redis.Redis) -> dict[str, int]:
+    """Redis's count of calls per command (``INFO commandstats``), e.g. ``{"evalsha": 1200, ...}``."""
+    return {name[len("cmdstat_"):]: int(stats["calls"]) for name, stats in r.info("commandstats").items()
+            if name.startswith("cmdstat_")}
+
+
+def _shown_command(command: bytes | str) -> str:
+    """The slowest command as the slow log has it, cut short (a script's SHA and its first keys)."""
+    text = command.decode("utf-8", "replace") if isinstance(command, bytes) else str(command)
+    return text[:120]
+
+
 class Bench:
     """Fresh servers for one run of one scenario against one frontend; everything stopped on exit."""
 
@@ -470,6 +482,7 @@ class Bench:
         self.r.config_set("slowlog-log-slower-than", SLOWLOG_US)
         self.r.config_set("slowlog-max-len", 1024)
         self.r.slowlog_reset()
+        calls_before = _command_calls(self.r)
         with self.profiled(fe, "load" if direction == sc.kind else direction), procs.Sampler(fe.pids) as smp, \
                 server, procs.Sampler([self.redis_srv.proc.pid], interval=0.25) as redis_smp:
             sink.go()
@@ -505,9 +518,13 @@ class Bench:
             "source_cpu_pct": None if src.get("preloaded") else src["cpu_s"] / max(1e-9, src["wall_s"]) * 100,
             "sink_cpu_pct": snk["cpu_s"] / max(1e-9, (snk["t_last"] or t_last) / 1e9 - t_start / 1e9) * 100,
         }
-        slow = [entry["duration"] for entry in self.r.slowlog_get(1024)]
+        calls = _command_calls(self.r)
+        res["redis_calls_per_msg"] = {name: round((n - calls_before.get(name, 0)) / max(1, count), 3)
+                                      for name, n in sorted(calls.items()) if n - calls_before.get(name, 0) > 0}
+        slow = sorted(self.r.slowlog_get(1024), key=lambda entry: entry["duration"])
         res.update(redis_cpu_us_per_msg=(redis_smp.cpu_at(t_last) - redis_smp.cpu_at(t_start)) / max(1, count) * 1e6,
-                   redis_slowest_ms=max(slow, default=0) / 1000, redis_slow_commands=len(slow))
+                   redis_slowest_ms=slow[-1]["duration"] / 1000 if slow else 0.0, redis_slow_commands=len(slow),
+                   redis_slowest=_shown_command(slow[-1]["command"]) if slow else None)
         if server_pid:  # e.g. prosody: is the chat server the bottleneck?
             res["server_cpu_pct"] = (server.cpu_at(t_last) - server.cpu_at(t_start)) / window * 100
         for who, done in (("source", src), ("sink", snk)):

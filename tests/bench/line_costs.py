@@ -1,0 +1,68 @@
+"""CPU of the per-line steps session 7 changed, each beside the form it replaced (one process, no servers).
+
+    .venv/bin/python -m tests.bench.line_costs
+
+- ``event``: an inbound chat line's event, encoded as ``IrcChannels.on_channel_text`` and ``Room``
+  encode it (``encode_fields`` once, then ``encode_event_body``), against the earlier form (ujson's
+  options by keyword, the event id from ``new_event_id()`` formatted on its own);
+- ``say``: ``parse_command`` of a ``say`` without ``cmd_id`` (what the SDK sends), the automatic
+  ``cmd_id`` hashed only when read, against hashing it at once as before (``auto_cmd_id`` right away).
+
+Process time, best of 5 runs of 200,000. ``python -m tests.bench.redis_wire_cost`` times the third
+change (a ``DirectLink`` round trip on its ``Wire``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import ujson
+
+from frontend import protocol
+
+N = 200_000
+SAY = b'{"type":"say","room":"r17","text":"bench:1234567890123:42 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
+FIELDS = {"from": "sender12", "text": "bench:1234567890123:42 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "private": False}
+
+
+def per_call(fn: Callable[[], object], n: int = N) -> float:
+    t0 = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - t0) / n * 1e6
+
+
+def event_before(head: str) -> tuple[bytes, float]:
+    """The event encode of 13833f5: options by keyword, the id formatted by ``new_event_id``."""
+    body = ujson.dumps(FIELDS, ensure_ascii=False, escape_forward_slashes=False)
+    ts = time.time()
+    text = '{"type":"%s",%s%s%s,"event_id":"%s","ts":%r}' % (
+        "message", head, "," if len(body) > 2 else "", body[1:-1], protocol.new_event_id(), ts)
+    return text.encode("utf-8"), ts
+
+
+def event_now(head: str) -> tuple[bytes, float]:
+    return protocol.encode_event_body("message", head, protocol.encode_fields(FIELDS))
+
+
+def say_before() -> object:
+    protocol.parse_command(SAY)
+    return protocol.auto_cmd_id(SAY)  # what 13833f5 did for every command without one
+
+
+def say_now() -> object:
+    return protocol.parse_command(SAY)
+
+
+def main() -> None:
+    head = protocol.event_head("r17", "irc", "acme")
+    cases = [("event, before", lambda: event_before(head)), ("event, now", lambda: event_now(head)),
+             ("say, before", say_before), ("say, now", say_now)]
+    best = {name: min(per_call(fn) for _ in range(5)) for name, fn in cases}
+    for name, value in best.items():
+        print(f"{name:15s} {value:6.2f} µs")
+
+
+if __name__ == "__main__":
+    main()
