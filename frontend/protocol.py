@@ -58,8 +58,8 @@ def dumps(obj: Any) -> str:
     as it is, ``/`` not escaped.
 
     The options go by position (ujson 6: ``ensure_ascii``, ``encode_html_chars``,
-    ``escape_forward_slashes``): ujson matches keyword arguments by name on every call, which cost
-    1.1 µs of a 2.6 µs event here. ``tests/unit/test_json_text.py`` pins that both forms write the same
+    ``escape_forward_slashes``): ujson matches keyword arguments by name on every call (0.4-1.1 µs an
+    event here, ``python -m tests.bench.line_costs``). ``tests/unit/test_json_text.py`` pins that both forms write the same
     text, so a ujson that orders them otherwise fails there (older ujson had ``double_precision``
     second; setup.cfg pins ujson 6)."""
     return _ujson_dumps(obj, False, False, False)
@@ -344,7 +344,7 @@ class Command:
     Slotted and not frozen: one is built per command on the hot path (treat it as read-only). A
     command that came without a ``cmd_id`` gets ``auto_cmd_id(item)``, made when something first
     reads ``cmd_id`` (an event that echoes it): a ``say`` that is simply sent never needs it (the hash
-    is 1 µs of a line's 35). Until then the command keeps a reference to its item (``id_of``)."""
+    is 1.5 µs of a line's 37, ``python -m tests.bench.line_costs``). Until then the command keeps a reference to its item (``id_of``)."""
 
     __slots__ = ("type", "room", "_cmd_id", "text", "to", "reason", "spec", "spec_json", "expires", "received",
                  "raw", "seq", "source", "_id_of")

@@ -2,7 +2,7 @@
 ``ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False)`` writes.
 
 ``protocol.dumps`` gives ujson its options by position, because ujson matches keyword arguments by
-name on every call (1.1 µs of a 2.6 µs event encode, BENCHMARKS.md "Hot path, session 7"). If an
+name on every call (0.4-1.1 µs an event encode, BENCHMARKS.md "Hot path, session 7"). If an
 installed ujson ordered or meant its positional options otherwise (escaping ``/``, ``\\u00e9`` instead
 of UTF-8, ``&`` as ``\\u0026``), these tests fail.
 """
