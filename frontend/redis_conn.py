@@ -319,8 +319,10 @@ class DirectLink:
             return None
         wire = self._wire
         if wire is None or wire.sock is not conn._sock:
+            if conn._sock is None:
+                return None  # not connected: redis-py's path connects (or raises)
             wire = self._wire = Wire.for_connection(conn, self._client)
-            if wire is None:  # e.g. the server answered HELLO 3: redis-py's path from now on
+            if wire is None:  # a connection redis_wire cannot read like redis-py: its path from now on
                 self._wire_capable = False
         return wire
 
