@@ -86,9 +86,35 @@ def web(redis_url, tmp_path):
 
 
 def text(driver, css: str, timeout: float = 10.0) -> str:
-    """The text of the first element matching ``css``, waiting for the page to have one."""
-    found = wait_until(lambda: driver.find_elements("css selector", css), timeout=timeout, what=css)
-    return found[0].text.strip()
+    """The text of the first element matching ``css``, waiting for the page to have one. Found and read
+    in one script: an element found first and read after a re-render or a navigation is stale."""
+    found = wait_until(lambda: driver.execute_script(
+        "var e = document.querySelector(arguments[0]); return e ? [e.innerText] : null;", css),
+        timeout=timeout, what=css)
+    return found[0].strip()
+
+
+def next_page(driver, act, timeout: float = 10.0) -> None:
+    """Run ``act`` (a click that submits a form) and wait for the page it leads to: until then the old
+    page, with the old flash message, is still there to be read."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    old = driver.find_element("tag name", "html")
+    act()
+
+    def gone() -> bool:
+        try:
+            old.get_attribute("id")
+            return False
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            # the same fact, when chromedriver looks the node up mid-navigation
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+
+    wait_until(gone, timeout=timeout, what="the next page")
 
 
 def test_dashboard_in_a_real_browser(redis_url, redis_client, ngircd, irc_client, web, browser, tmp_path):
@@ -343,14 +369,14 @@ def test_several_frontends_in_a_real_browser(redis_url, redis_client, ngircd, we
         browser.find_element("id", "token").send_keys(TOKEN)
         browser.find_element("id", "login-submit").click()
         wait_until(lambda: browser.find_elements("id", "logout"), what="logged in")
-        click('#frontends tr[data-frontend="fe-wa"] button.drain')
+        next_page(browser, lambda: click('#frontends tr[data-frontend="fe-wa"] button.drain'))
         assert "frontend fe-wa drains" in text(browser, "#flash")
         wait_until(lambda: not _held(redis_client, "fe-wa"), timeout=15, what="fe-wa drained")
         wait_until(lambda: _all_joined(redis_client, rooms), timeout=20, what="the rooms joined on fe-wb")
         assert _held(redis_client, "fe-wb") == set(rooms)
         wait_until(lambda: "draining" in (shown('#frontends tr[data-frontend="fe-wa"]') or ""), timeout=10,
                    what="draining shown live")
-        click('#frontends tr[data-frontend="fe-wa"] button.undrain')
+        next_page(browser, lambda: click('#frontends tr[data-frontend="fe-wa"] button.undrain'))
         assert "frontend fe-wa takes new rooms again" in text(browser, "#flash")
         assert not redis_client.sismember("fleet:draining", "fe-wa")
 
@@ -358,7 +384,7 @@ def test_several_frontends_in_a_real_browser(redis_url, redis_client, ngircd, we
         browser.get(web + "/rebalance")
         assert int(text(browser, "#plan-count")) == 2
         assert {e.text for e in browser.find_elements("css selector", "#plan-moves tr.move td:nth-child(3)")} == {"fe-wa"}
-        browser.find_element("id", "rebalance-submit").click()
+        next_page(browser, lambda: browser.find_element("id", "rebalance-submit").click())
         assert "started 2 moves" in text(browser, "#flash")
         wait_until(lambda: len(_held(redis_client, "fe-wa")) == 2 and not redis_client.exists("rooms:moving"),
                    timeout=20, what="two rooms moved to fe-wa")
@@ -424,24 +450,7 @@ def test_tenants_in_a_real_browser(redis_url, redis_client, ngircd, web, browser
 
     def submit(css: str) -> str:
         """Click ``css`` and return the flash message of the page it leads to (not the old page's)."""
-        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-
-        old = browser.find_element("tag name", "html")
-        browser.find_element("css selector", css).click()
-
-        def gone() -> bool:
-            try:
-                old.get_attribute("id")
-                return False
-            except StaleElementReferenceException:
-                return True
-            except WebDriverException as exc:
-                # the same fact, when chromedriver looks the node up mid-navigation
-                if "does not belong to the document" in str(exc):
-                    return True
-                raise
-
-        wait_until(gone, timeout=10, what="the next page")
+        next_page(browser, lambda: browser.find_element("css selector", css).click())
         return text(browser, "#flash")
 
     def cell(tenant: str, css: str) -> str:
