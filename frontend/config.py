@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import gc_tuning
 from .errors import ConfigError
 from .redis_url import check_prefix, parse_url, redact_url
 
@@ -263,8 +264,10 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
         raise ConfigError("flood_learn_min_rate must be above 0 and at most flood_learn_rate")
     if not 0.0 <= settings.ready_share <= 1.0:
         raise ConfigError("ready_share must be between 0 and 1")
-    if not 0 <= settings.gc_young_threshold <= 2 ** 31 - 1:
-        raise ConfigError("gc_young_threshold must be 0 (Python's default) or more, below 2**31")
+    try:
+        gc_tuning.check(settings.gc_young_threshold)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     for server, overrides in settings.servers.items():  # the connection budget: a whole number >= 0
         value = overrides.get("max_connections", 0)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -25,10 +25,15 @@ log = logging.getLogger(__name__)
 PYTHON_THRESHOLDS: tuple[int, int, int] = gc.get_threshold()  # type: ignore[assignment]
 
 
+def check(young: int) -> None:
+    """``ValueError`` unless ``young`` is a threshold ``apply`` takes (the interpreter takes a C int)."""
+    if not 0 <= young <= 2 ** 31 - 1:
+        raise ValueError("gc_young_threshold must be 0 (Python's default) or more, below 2**31")
+
+
 def apply(young: int) -> tuple[int, int, int]:
     """Set the young generation's threshold (0: Python's); the thresholds now in force."""
-    if not 0 <= young <= 2 ** 31 - 1:  # (the interpreter takes a C int)
-        raise ValueError("gc_young_threshold must be 0 (Python's default) or more, below 2**31")
+    check(young)
     wanted = PYTHON_THRESHOLDS if young == 0 else (young, *PYTHON_THRESHOLDS[1:])
     if gc.get_threshold() != wanted:
         gc.set_threshold(*wanted)

@@ -197,7 +197,8 @@ class IncomingDispatcher(Service):
         except Exception as exc:  # a routing bug: the item is set aside, the loop goes on
             log.exception("room %s: routing a %s command failed unexpectedly", command.room, command.type)
             self.reject(raw, seq, "bad_command", f"could not be routed: {exc!r}"[:300], command)
-        command.raw = b""  # the ledger holds the item; the room needs only its seq
+        command.raw = b""  # the ledger holds the item; the room needs only its seq (a command without
+        # ``cmd_id`` keeps it as ``id_of`` until its automatic id is read: bounded by inflight_max_bytes)
 
     def _route(self, command: Command) -> None:
         registry = self._registry
