@@ -41,7 +41,8 @@ class Script:
 _BY_SHA: dict[str, Script] = {}
 
 
-def _source(name: str) -> str:
+def load_source(name: str) -> str:
+    """The text of ``frontend/lua/<name>.lua`` as it is (no libraries put in front)."""
     return resources.files("frontend.lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
@@ -49,12 +50,12 @@ def _source(name: str) -> str:
 def load(name: str) -> Script:
     """The script ``frontend/lua/<name>.lua``, with the libraries its ``--!include <name>`` lines
     name put in front of it (one text: Redis runs a script as one chunk)."""
-    body = _source(name)
+    body = load_source(name)
     parts = []
     for line in body.splitlines():
         if not line.startswith("--!include "):
             break
-        parts.append(_source(line.split(None, 1)[1].strip()))
+        parts.append(load_source(line.split(None, 1)[1].strip()))
     text = "\n".join(parts + [body])
     script = Script(name=name, text=text, sha=hashlib.sha1(text.encode("utf-8")).hexdigest())
     _BY_SHA[script.sha] = script

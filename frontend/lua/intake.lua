@@ -5,7 +5,8 @@
 -- KEYS[1] my inbox, KEYS[2] my landing, KEYS[3] my ledger (hash seq -> item), KEYS[4] my seq counter.
 -- ARGV[1] prefix, ARGV[2] the most items to take from the inbox, ARGV[3] the most bytes (one item past it at most),
 -- ARGV[4] the most items the ledger may hold (the window: the router fills it too).
--- Items are popped one at a time, so a backlog of huge items never sits in the script's memory.
+-- The inbox is read 32 items at a time (``take_head``): a backlog of huge items never puts more than
+-- 32 of them in the script's memory.
 -- Returns {seq, item, seq, item, ...}, oldest first; {-1} when the ledger is full.
 local most, budget = tonumber(ARGV[2]), tonumber(ARGV[3])
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
@@ -20,12 +21,6 @@ end
 if room < most then most = room end
 local bytes = 0
 for i = 1, #items do bytes = bytes + #items[i] end
-local taken = 0
-while taken < most and bytes < budget do
-  local item = redis.call('LPOP', KEYS[1])
-  if not item then break end
-  items[#items + 1] = item
-  bytes = bytes + #item
-  taken = taken + 1
-end
+local taken = take_head(KEYS[1], most, budget, bytes, items)
+if taken > 0 then redis.call('LTRIM', KEYS[1], taken, -1) end
 return into_ledger(KEYS[3], KEYS[4], items)

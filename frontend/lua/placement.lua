@@ -165,14 +165,16 @@ local function route_one(stored, me, now, max_bytes, memo, moving)
   if not item then return nil end  -- an internal marker: never routed
   if #item > max_bytes then return k_inbox(me), stored end
   local ok, obj = pcall(cjson.decode, item)
-  if not ok or type(obj) ~= 'table' or not plausible_room(obj.room) then return k_inbox(me), stored end
+  if not ok or type(obj) ~= 'table' then return k_inbox(me), stored end
   local room = obj.room
-  if moving and redis.call('HEXISTS', K_MOVING, room) == 1 then return k_hold(room), stored end
+  if type(room) ~= 'string' then return k_inbox(me), stored end
   local holder = memo[room]
-  if holder == nil then
+  if holder == nil then  -- the room's first command of this run (a room in `memo` is plausible)
+    if not plausible_room(room) then return k_inbox(me), stored end
     holder = redis.call('HGET', K_HOLDER, room) or false
     memo[room] = holder
   end
+  if moving and redis.call('HEXISTS', K_MOVING, room) == 1 then return k_hold(room), stored end
   if holder then return k_inbox(holder), stored end
   local key, take = '', false
   if obj.type == 'join' then
@@ -186,6 +188,28 @@ local function route_one(stored, me, now, max_bytes, memo, moving)
   assign(room, id, key)
   memo[room] = id
   return k_inbox(id), stored, take and marker('take', room) or nil
+end
+
+-- Up to `most` items from the head of list `key` appended to `items` (wrapped for `tenant` when given),
+-- each while fewer than `budget` bytes came before it (`bytes` of them already); returns how many,
+-- for the caller's one LTRIM. Read 32 at a time (an LPOP per item was half a router step's time,
+-- tests/bench/route_cost.py); what a read brought past the limits stays in the list (at most 31
+-- items read and left), so no more than 32 items of a backlog are ever in the script's memory at once.
+local TAKE_CHUNK = 32
+local function take_head(key, most, budget, bytes, items, tenant)
+  local taken = 0
+  while taken < most and bytes < budget do
+    local chunk = redis.call('LRANGE', key, taken, taken + math.min(TAKE_CHUNK, most - taken) - 1)
+    for i = 1, #chunk do
+      if bytes >= budget then break end
+      local item = chunk[i]
+      items[#items + 1] = tenant and wrap(item, tenant) or item
+      bytes = bytes + #item
+      taken = taken + 1
+    end
+    if #chunk < TAKE_CHUNK then break end
+  end
+  return taken
 end
 
 -- Push `values` to `key` in order, many per call.

@@ -18,14 +18,8 @@ local source = ARGV[7] or ''
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
 if #items > 0 then redis.call('DEL', KEYS[2]) end
 for i = 1, #items do items[i] = wrap(items[i], source) end
-local taken, bytes = 0, 0
-while taken < most and bytes < budget do
-  local item = redis.call('LPOP', KEYS[1])
-  if not item then break end
-  items[#items + 1] = wrap(item, source)
-  bytes = bytes + #item
-  taken = taken + 1
-end
+local taken = take_head(KEYS[1], most, budget, 0, items, source)
+if taken > 0 then redis.call('LTRIM', KEYS[1], taken, -1) end
 -- my landing list (a pop of my intake loop that has not run its script yet) and my inbox (what others
 -- routed to me) are older than what I route now: they enter my ledger first, then what I route to
 -- myself, up to my room; what does not fit waits in my inbox, in order. With no room for the landed
