@@ -66,10 +66,15 @@ class Settings:
     max_text_bytes: int = 16384
     #: seconds a blocking pop of `control` waits before it looks at the stop flag again
     control_block_timeout: float = 1.0
-    #: most commands taken from `control` in one round trip after a blocking pop ...
+    #: most commands one router step's script takes from `control` (only a backlog fills a step; the
+    #: script holds Redis for about 3.7 µs a command: 2 ms for 500, BENCHMARKS.md "Hot path, session 8") ...
     control_drain: int = 500
     #: ... and most bytes (the first item is always taken)
     control_drain_bytes: int = 4 * 1024 * 1024
+    #: while `control` has a backlog (a step took its `control_drain`), the router runs its script
+    #: again, up to this many commands, and hands them to the rooms at once: each room's wake-up,
+    #: write and PING are shared by more lines (1: every step is handed over alone)
+    control_batch: int = 10_000
     #: the in-flight window: most commands (and bytes) taken from `control` and not yet written to the
     #: chat server; past it the frontend takes no more, so a backlog waits in Redis, not in memory
     inflight_max: int = 20_000
@@ -254,6 +259,8 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
         raise ConfigError("ack_batch_delay must be between 0 and 1 second")
     if not 1 <= settings.control_drain <= 5000:
         raise ConfigError("control_drain must be between 1 and 5000")
+    if not 1 <= settings.control_batch <= 20000:
+        raise ConfigError("control_batch must be between 1 and 20000")
     for name in ("inflight_max", "inflight_max_bytes", "max_item_bytes", "control_drain_bytes",
                  "room_event_burst"):
         if getattr(settings, name) < 1:

@@ -8,7 +8,9 @@ frontend straight into its ledger (behind what others routed there first), so on
 round trip more than before. Per-room order holds with any number of routers: ``control:routing`` is
 filled only at its tail with ``control``'s head, and emptied only from its head by one script at a
 time. What the router took for its own frontend is handed to the incoming dispatcher (``deliver``),
-which hands it to the rooms in sequence order. A scoped tenant's own intake ``tenant:<name>:control``
+which hands it to the rooms in sequence order. Under a backlog the script runs again at once, up to
+``control_batch`` commands, before that hand-over: each script holds Redis only for its
+``control_drain`` commands, and the rooms get the backlog in large batches. A scoped tenant's own intake ``tenant:<name>:control``
 has a router of its own (``tenant=``): its items carry the tenant's tag, which only scripts write.
 """
 
@@ -64,32 +66,50 @@ class Router(Service):
         self._link.close()  # ends a blocked pop; what it moved waits in control:routing
 
     def commands(self) -> list[tuple[Any, ...]]:
+        """A step's batch: the blocking BLMOVE, then the script."""
+        return [("BLMOVE", self._source, self._routing, "LEFT", "RIGHT", self._settings.control_block_timeout),
+                self._script()]
+
+    def _script(self) -> tuple[Any, ...]:
         settings, keys, ledger = self._settings, self._keys, self._ledger
-        return [
-            ("BLMOVE", self._source, self._routing, "LEFT", "RIGHT", settings.control_block_timeout),
-            self._route.command(
-                [self._source, self._routing, ledger.inbox, ledger.landing, ledger.key, ledger.seq_key],
-                [keys.prefix, self._frontend_id, settings.control_drain, settings.control_drain_bytes,
-                 settings.max_item_bytes, ledger.max_items, self.tenant or ""]),
-        ]
+        return self._route.command(
+            [self._source, self._routing, ledger.inbox, ledger.landing, ledger.key, ledger.seq_key],
+            [keys.prefix, self._frontend_id, settings.control_drain, settings.control_drain_bytes,
+             settings.max_item_bytes, ledger.max_items, self.tenant or ""])
 
     def step(self) -> None:
+        """One step: the BLMOVE and the script; while ``control`` has a backlog (a script took its
+        ``control_drain``), the script alone again, up to ``control_batch`` commands; then what was
+        taken for this frontend to the rooms at once. A script holds Redis for its own
+        ``control_drain`` commands only, while the rooms get a backlog in large hand-overs (each room's
+        wake-up, write and PING shared by more lines: BENCHMARKS.md "Hot path, session 8")."""
+        taken: list[Any] = []
         try:
-            _, taken = self._link.round_trip(self.commands())
+            _, reply = self._link.round_trip(self.commands())
+            taken = list(reply or ())
+            settings = self._settings
+            while (len(reply or ()) >= 2 * settings.control_drain and len(taken) < 2 * settings.control_batch
+                   and not self.stopping.is_set()):
+                reply = self._link.round_trip([self._script()])[0]
+                taken.extend(reply or ())
         except REDIS_ANY as exc:
-            if self.stopping.is_set():
-                return
-            self._counters["redis_reconnects:router"] += 1
-            delay = self._backoff.next()
-            self._throttle.warning("redis", "routing %s failed (%s); retrying in %.2fs", self._source,
-                                   exc, delay)
-            self.stopping.wait(delay)
-            if not self.stopping.is_set():
-                try:
-                    self._adopt()  # the script may have run with its reply lost
-                except REDIS_ANY:
-                    pass
+            if taken:
+                self._deliver(taken)  # what came before the error: its items are in our ledger
+            self._failed(exc)
             return
         self._backoff.reset()
         if taken:
             self._deliver(taken)
+
+    def _failed(self, exc: Exception) -> None:
+        if self.stopping.is_set():
+            return
+        self._counters["redis_reconnects:router"] += 1
+        delay = self._backoff.next()
+        self._throttle.warning("redis", "routing %s failed (%s); retrying in %.2fs", self._source, exc, delay)
+        self.stopping.wait(delay)
+        if not self.stopping.is_set():
+            try:
+                self._adopt()  # the script may have run with its reply lost
+            except REDIS_ANY:
+                pass

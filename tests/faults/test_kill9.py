@@ -60,7 +60,10 @@ def kill9(redis_server, ngircd, tmp_path_factory) -> dict:
     client = redis.Redis.from_url(redis_server.url, socket_timeout=30)
     observer = Observer(ngircd.host, ngircd.port, uniq("k9obs"), rooms.values())
     log_path = str(tmp_path_factory.mktemp("kill9") / "frontend.log")
-    env = {"control_drain": 500, "key_prefix": prefix}
+    # steps of 500 handed over one at a time (control_batch): the 5,000 lines then go out over a while,
+    # so the kill lands while many are in flight (handed over as one batch of 5,000, they were all
+    # written before the observer had seen a third)
+    env = {"control_drain": 500, "control_batch": 500, "key_prefix": prefix}
     proc = FrontendProcess(redis_server.url, log_path, frontend_id=fe_id, **env).start()
     proc2 = None
     control = prefix + "control"
