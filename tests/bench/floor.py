@@ -58,6 +58,39 @@ def queue_handoff(n: int = N) -> float:
     return (time.process_time() - t0) / n * 1e6
 
 
+def room_wakeup(n: int = N) -> float:
+    """The same hand-off as ``Room`` makes it (session 8): the command put in the room's gevent queue,
+    and the greenlet parked in the hub on an empty queue switched back into by one hub callback
+    (``frontend.room._resume``) instead of a ``get()`` that waits (a Waiter, a getters entry, an unlock)."""
+    from frontend.room import _resume
+    q = gevent.queue.UnboundQueue()
+    hub = gevent.get_hub()
+    parked: list = [None]
+    count = 0
+
+    def consumer() -> None:
+        nonlocal count
+        while count < n:
+            if not q.qsize():
+                parked[0] = gevent.getcurrent()
+                hub.switch()
+                continue
+            q.get_nowait()
+            count += 1
+
+    g = gevent.spawn(consumer)
+    gevent.sleep(0)
+    t0 = time.process_time()
+    for _ in range(n):
+        q.put(1)
+        waiting, parked[0] = parked[0], None
+        if waiting is not None:
+            hub.loop.run_callback(_resume, waiting)
+        gevent.sleep(0)  # the dispatcher yields; the room runs
+    g.join()
+    return (time.process_time() - t0) / n * 1e6
+
+
 def event_wakeup(n: int = N) -> float:
     """Event.set() waking a greenlet blocked in wait(): the writer or the outgoing dispatcher waking."""
     ev = gevent.event.Event()
@@ -182,6 +215,8 @@ def main() -> None:
         ("IRC lines out of 500-line chunks, irc_wire.LineReader, per line",
          per_call(lambda: irc_reader(chunk), N // 500) / 500),
         ("gevent Queue hand-off to a blocked greenlet (put, switch, get, switch back)", queue_handoff()),
+        ("a room's hand-off since session 8 (put, one callback into the parked greenlet, back)", room_wakeup()),
+        ("the dispatcher's own yield in both rows above (gevent.sleep(0) alone)", per_call(lambda: gevent.sleep(0))),
         ("Event.set waking a blocked greenlet (and back)", event_wakeup()),
         ("gevent.spawn + run + finish a greenlet (gevent's default: spawn tree tracked)", spawn_run()),
     ]
