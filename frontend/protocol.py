@@ -557,6 +557,7 @@ def dead_letter(raw: bytes, code: str, detail: str, frontend: str) -> bytes:
 
 _EVENT_ID_PREFIX = os.urandom(6).hex()
 _EVENT_ID_COUNTER = itertools.count(1)
+_time_ns = time.time_ns
 
 
 def new_event_id() -> str:
@@ -606,8 +607,13 @@ def encode_fields(fields: dict[str, Any]) -> str:
 
 def encode_event_body(type: str, head: str, body: str) -> tuple[bytes, float]:
     """``encode_event`` with the fields already encoded (``encode_fields``). The event id is
-    ``new_event_id()``'s, written in the same format operation (one call less per event)."""
-    ts = time.time()
-    text = '{"type":"%s",%s%s%s,"event_id":"%s-%x","ts":%r}' % (
-        type, head, "," if len(body) > 2 else "", body[1:-1], _EVENT_ID_PREFIX, next(_EVENT_ID_COUNTER), ts)
-    return text.encode("utf-8"), ts
+    ``new_event_id()``'s, written in the same format operation (one call less per event). ``ts`` is
+    written from the clock's microseconds as two integers (``1796175129.165278``): a float's
+    shortest repr cost 0.9 µs of the event's 1.8 (``python -m tests.bench.line_costs``); the number
+    is the float returned (both are the double nearest to the same microseconds)."""
+    micros = _time_ns() // 1000
+    seconds, fraction = divmod(micros, 1_000_000)
+    text = '{"type":"%s",%s%s%s,"event_id":"%s-%x","ts":%d.%06d}' % (
+        type, head, "," if len(body) > 2 else "", body[1:-1], _EVENT_ID_PREFIX, next(_EVENT_ID_COUNTER),
+        seconds, fraction)
+    return text.encode("utf-8"), micros / 1e6

@@ -9,6 +9,7 @@ of UTF-8, ``&`` as ``\\u0026``), these tests fail.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -69,3 +70,22 @@ def test_event_ids_are_unique_and_share_the_counter() -> None:
     assert len(set(ids)) == len(ids)
     counters = [int(i.rsplit("-", 1)[1], 16) for i in ids]
     assert counters == sorted(counters)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.integers(min_value=0, max_value=2 ** 62),
+                 st.integers(min_value=1_700_000_000 * 10 ** 9, max_value=2_100_000_000 * 10 ** 9)))
+def test_an_events_ts_is_the_float_it_returns_in_microseconds(ns) -> None:
+    """``encode_event_body`` writes ``ts`` from the clock's microseconds (``%d.%06d``): the JSON
+    number is exactly the float it returns (for the latency histogram), for any clock value."""
+    clock = protocol._time_ns
+    protocol._time_ns = lambda: ns
+    try:
+        payload, ts = protocol.encode_event_body("message", protocol.event_head("r1", "irc", None), '{"text":"x"}')
+    finally:
+        protocol._time_ns = clock
+    micros = ns // 1000
+    assert ts == micros / 1e6
+    text = re.search(rb'"ts":([0-9.]+)}$', payload).group(1).decode()
+    assert text == f"{micros // 10 ** 6}.{micros % 10 ** 6:06d}"
+    assert json.loads(payload)["ts"] == ts and ujson.loads(payload)["ts"] == ts
