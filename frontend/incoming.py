@@ -145,7 +145,11 @@ class IncomingDispatcher(Service):
         self._gap_timer = gevent.spawn_later(GAP_TIMEOUT, fill)
 
     def _handle_all(self, taken: list[tuple[int, bytes]]) -> None:
+        handle = self.handle
         for seq, stored in taken:
+            if stored[:1] != b"\0":  # a public item as popped (``decode_stored``'s first case): the commonest
+                handle(stored, seq, None)
+                continue
             kind, payload, tenant = placement.decode_stored(stored)
             if kind == placement.PUBLIC:
                 self.handle(payload, seq, tenant)

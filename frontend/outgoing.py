@@ -281,7 +281,7 @@ class OutgoingDispatcher(Service):
                 self._refused_item(what, key, payloads, reply)
         self._counters["events_pushed"] += len(batch)
         if batch:
-            self._counters.event_latency.observe_since(time.time(), (t for _, _, t in batch))
+            self._counters.event_latency.observe_since(time.time(), [t for _, _, t in batch])
         if acks:
             self._ledger.written(acks)
 
@@ -293,8 +293,11 @@ class OutgoingDispatcher(Service):
         by_list: dict[str, list[bytes]] = {}
         for key, items in retry.items():
             by_list.setdefault(key, []).extend(items)
-        for key, payload, _ in batch:
-            by_list.setdefault(key, []).append(payload)
+        for key, payload, _ in batch:  # (not ``setdefault(key, [])``: a new list for every event)
+            payloads = by_list.get(key)
+            if payloads is None:
+                payloads = by_list[key] = []
+            payloads.append(payload)
         for key, item in dead:
             by_list.setdefault(key, []).append(item)
         commands: list[tuple[Any, ...]] = []

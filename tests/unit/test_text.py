@@ -152,3 +152,16 @@ def test_the_last_guard_refuses_exactly_the_unsafe_lines(body, end):
             assert_safe_line(line)
     else:
         assert assert_safe_line(line) is line
+
+
+@given(st.binary(max_size=40).map(lambda b: b.replace(b"\x01", b"\r").replace(b"\x02", b"\n").replace(b"\x03", b"\0")),
+       st.sampled_from([b"", b"\r\n", b"\n", b"\r", b"\r\n\r\n", b"\n\r\n", b"\0\r\n"]))
+@settings(max_examples=600, deadline=None)
+def test_assert_safe_line_takes_one_terminated_line_and_nothing_else(body, end):
+    line = body + end
+    safe = line.endswith(b"\r\n") and not any(c in line[:-2] for c in b"\r\n\0")
+    if safe:
+        assert assert_safe_line(line) is line
+    else:
+        with pytest.raises(ValueError, match="unsafe line"):
+            assert_safe_line(line)
