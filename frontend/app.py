@@ -117,7 +117,8 @@ class Frontend:
             link=DirectLink(settings, socket_timeout=settings.control_block_timeout + 5.0,
                             on_connect=self.ledger.seq_floor, name="incoming"),
             ledger=self.ledger, registry=self.registry, outbox=self.outbox,
-            counters=counters, settings=settings, frontend_id=fid, keys=keys, tenants=self.tenants)
+            counters=counters, settings=settings, frontend_id=fid, keys=keys, tenants=self.tenants,
+            wakes=self.room_context.wakes)
         self.router = self._router()
         #: one router more per scoped tenant, for its own intake (``sync_tenants``)
         self.tenant_routers: dict[str, Router] = {}

@@ -39,10 +39,15 @@ from .protocol import Command, decode, parse_command
 from .redis_conn import REDIS_ANY, REDIS_BACKOFF_BASE, REDIS_BACKOFF_CAP, DirectLink
 from .keys import Keys
 from .registry import RoomRegistry
+from .room import Wakes
 from .tenants import TenantTable
 from .service import Service
 
 log = logging.getLogger(__name__)
+
+#: a hand-over yields to the hub after this many commands (about 7 ms of work: BENCHMARKS.md, "Hot
+#: path, session 8")
+HANDOVER_SLICE = 1000
 
 
 class IncomingDispatcher(Service):
@@ -52,8 +57,10 @@ class IncomingDispatcher(Service):
 
     def __init__(self, *, link: DirectLink, ledger: InflightLedger, registry: RoomRegistry,
                  outbox: OutgoingDispatcher, counters: Counters, settings: Settings, frontend_id: str,
-                 keys: Keys, tenants: TenantTable) -> None:
+                 keys: Keys, tenants: TenantTable, wakes: Wakes | None = None) -> None:
         super().__init__()
+        #: the rooms' wake-ups, held while a batch is handed over (``deliver``)
+        self._wakes = wakes if wakes is not None else Wakes()
         self._link = link
         self._keys = keys
         self._tenants = tenants
@@ -117,7 +124,7 @@ class IncomingDispatcher(Service):
     def deliver(self, reply: list[Any]) -> None:
         """A reply of the router's or the intake's script: its items, and any that waited for them,
         to the rooms in sequence order."""
-        with self._turn:
+        with self._turn, self._wakes.held():
             self._handle_all(self._ledger.accept(reply))
             self._watch_gap()
 
@@ -145,8 +152,13 @@ class IncomingDispatcher(Service):
         self._gap_timer = gevent.spawn_later(GAP_TIMEOUT, fill)
 
     def _handle_all(self, taken: list[tuple[int, bytes]]) -> None:
+        """Each item to its room, in order. A large batch (a backlog: ``control_batch``) yields to the
+        hub after every ``HANDOVER_SLICE`` items, so other connections are read meanwhile; the rooms'
+        wake-ups wait for the end of the hand-over (``deliver`` holds them)."""
         handle = self.handle
-        for seq, stored in taken:
+        for i, (seq, stored) in enumerate(taken):
+            if i and not i % HANDOVER_SLICE:
+                gevent.sleep(0)
             if stored[:1] != b"\0":  # a public item as popped (``decode_stored``'s first case): the commonest
                 handle(stored, seq, None)
                 continue

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import gevent
 import gevent.queue
@@ -48,6 +49,39 @@ _SHUTDOWN = object()
 _CHAT_EVENTS = frozenset({"message", "action"})
 
 
+class Wakes:
+    """How the rooms' parked greenlets are woken: one hub callback each, at once (``wake``); or, while
+    a hand-over holds them (``held()``: the incoming dispatcher handing a batch to the rooms), together
+    when it ends, so that a hand-over that yields to the hub now and then (for the other connections'
+    reads) still gives each room its commands of the whole batch in one wake-up."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: list[gevent.Greenlet] | None = None
+
+    def wake(self, parked: gevent.Greenlet) -> None:
+        held = self._held
+        if held is None:
+            gevent.get_hub().loop.run_callback(_resume, parked)
+        else:
+            held.append(parked)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self._held is not None:  # held already (nested): the outer one wakes them
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            parked, self._held = self._held, None
+            run = gevent.get_hub().loop.run_callback
+            for greenlet in parked:
+                run(_resume, greenlet)
+
+
 @dataclass
 class RoomContext:
     """What a room uses, and nothing else."""
@@ -67,6 +101,8 @@ class RoomContext:
     left: Callable[["Room", str], None] | None = None
     #: ``room_event_rate`` (0: no inbound limit), kept here so a chat line costs an attribute read
     inbound_rate: float = 0.0
+    #: how parked room greenlets are woken (the incoming dispatcher holds them during a hand-over)
+    wakes: Wakes = field(default_factory=Wakes)
 
     def apply_settings(self, new: Settings) -> None:
         self.inbound_rate = new.room_event_rate
@@ -121,12 +157,12 @@ class Room:
         self.submit(_SHUTDOWN)  # type: ignore[arg-type]
 
     def _wake(self, parked: gevent.Greenlet) -> None:
-        """The parked greenlet has commands again: one hub callback switches back into it (gevent's
-        ``Queue.get`` would make a Waiter, a getters entry and an unlock callback for each wake-up:
-        3.5 µs against 0.8 here, ``tests/bench/floor.py``; at a paced load a room wakes up for nearly
-        every line)."""
+        """The parked greenlet has commands again: one hub callback switches back into it (``Wakes``;
+        gevent's ``Queue.get`` would make a Waiter, a getters entry and an unlock callback for each
+        wake-up: 3.5 µs against 0.8 here, ``tests/bench/floor.py``; at a paced load a room wakes up
+        for nearly every line)."""
         self._parked = None
-        gevent.get_hub().loop.run_callback(_resume, parked)
+        self._ctx.wakes.wake(parked)
 
     # ------------------------------------------------------------------------- RoomLink (sessions)
     def emit(self, type: str, **fields: Any) -> None:
