@@ -6,7 +6,9 @@
   encode it (``encode_fields`` once, then ``encode_event_body``), against the earlier form (ujson's
   options by keyword, the event id from ``new_event_id()`` formatted on its own);
 - ``say``: ``parse_command`` of a ``say`` without ``cmd_id`` (what the SDK sends), the automatic
-  ``cmd_id`` hashed only when read, against hashing it at once as before (``auto_cmd_id`` right away).
+  ``cmd_id`` hashed only when read, against hashing it at once as before (``auto_cmd_id`` right away);
+- ``line guard``: ``assert_safe_line`` (every line written passes it), one ``translate`` (session 8)
+  against the regular expression search of session 7.
 
 Process time, best of 5 runs of 200,000. ``python -m tests.bench.redis_wire_cost`` times the third
 change (a ``DirectLink`` round trip on its ``Wire``).
@@ -14,12 +16,14 @@ change (a ``DirectLink`` round trip on its ``Wire``).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
 import ujson
 
 from frontend import protocol
+from frontend.text import assert_safe_line
 
 N = 200_000
 SAY = b'{"type":"say","room":"r17","text":"bench:1234567890123:42 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}'
@@ -56,6 +60,17 @@ def event_now(head: str) -> tuple[bytes, float]:
     return protocol.encode_event_body("message", head, protocol.encode_fields(FIELDS))
 
 
+LINE = b"PRIVMSG #bench-r17 :bench:1234567890123:42 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"
+_LINE_BREAKER = re.compile(rb"[\r\n\x00]")
+
+
+def guard_s7(line: bytes = LINE) -> bytes:
+    """``text.assert_safe_line`` of session 7: a regular expression search before the CRLF."""
+    if not line.endswith(b"\r\n") or _LINE_BREAKER.search(line, 0, len(line) - 2) is not None:
+        raise ValueError("unsafe")
+    return line
+
+
 def say_before() -> object:
     protocol.parse_command(SAY)
     return protocol.auto_cmd_id(SAY)  # what 13833f5 did for every command without one
@@ -69,7 +84,8 @@ def main() -> None:
     head = protocol.event_head("r17", "irc", "acme")
     cases = [("event, before", lambda: event_before(head)), ("event, session 7", lambda: event_s7(head)),
              ("event, now", lambda: event_now(head)),
-             ("say, before", say_before), ("say, now", say_now)]
+             ("say, before", say_before), ("say, now", say_now),
+             ("line guard, s7", guard_s7), ("line guard, now", lambda: assert_safe_line(LINE))]
     best = {name: min(per_call(fn) for _ in range(5)) for name, fn in cases}
     for name, value in best.items():
         print(f"{name:17s} {value:6.2f} µs")
