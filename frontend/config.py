@@ -67,7 +67,7 @@ class Settings:
     #: seconds a blocking pop of `control` waits before it looks at the stop flag again
     control_block_timeout: float = 1.0
     #: most commands one router step's script takes from `control` (only a backlog fills a step; the
-    #: script holds Redis for about 3.7 µs a command: 2 ms for 500, BENCHMARKS.md "Hot path, session 8") ...
+    #: script holds Redis for 5-7 µs a command: about 3 ms for 500, BENCHMARKS.md "Hot path, session 8") ...
     control_drain: int = 500
     #: ... and most bytes (the first item is always taken)
     control_drain_bytes: int = 4 * 1024 * 1024
