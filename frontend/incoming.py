@@ -57,10 +57,10 @@ class IncomingDispatcher(Service):
 
     def __init__(self, *, link: DirectLink, ledger: InflightLedger, registry: RoomRegistry,
                  outbox: OutgoingDispatcher, counters: Counters, settings: Settings, frontend_id: str,
-                 keys: Keys, tenants: TenantTable, wakes: Wakes | None = None) -> None:
+                 keys: Keys, tenants: TenantTable, wakes: Wakes) -> None:
         super().__init__()
-        #: the rooms' wake-ups, held while a batch is handed over (``deliver``)
-        self._wakes = wakes if wakes is not None else Wakes()
+        #: the rooms' wake-ups (their ``RoomContext``'s), held while a batch is handed over (``deliver``)
+        self._wakes = wakes
         self._link = link
         self._keys = keys
         self._tenants = tenants
@@ -155,13 +155,9 @@ class IncomingDispatcher(Service):
         """Each item to its room, in order. A large batch (a backlog: ``control_batch``) yields to the
         hub after every ``HANDOVER_SLICE`` items, so other connections are read meanwhile; the rooms'
         wake-ups wait for the end of the hand-over (``deliver`` holds them)."""
-        handle = self.handle
         for i, (seq, stored) in enumerate(taken):
             if i and not i % HANDOVER_SLICE:
                 gevent.sleep(0)
-            if stored[:1] != b"\0":  # a public item as popped (``decode_stored``'s first case): the commonest
-                handle(stored, seq, None)
-                continue
             kind, payload, tenant = placement.decode_stored(stored)
             if kind == placement.PUBLIC:
                 self.handle(payload, seq, tenant)

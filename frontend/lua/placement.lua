@@ -194,8 +194,8 @@ end
 -- each while fewer than `budget` bytes came before it (`bytes` of them already); returns how many,
 -- for the caller's one LTRIM. Read 32 at a time (not a redis.call LPOP per item: with the memo's
 -- plausibility, a step costs Redis about a quarter less, tests/bench/route_cost.py); what a read
--- brought past the limits stays in the list (at most 31
--- items read and left), so no more than 32 items of a backlog are ever in the script's memory at once.
+-- brought past the limits stays in the list (at most 31 items read and left), so no more than 32
+-- items of a backlog are ever in the script's memory at once.
 local TAKE_CHUNK = 32
 local function take_head(key, most, budget, bytes, items, tenant)
   local taken = 0

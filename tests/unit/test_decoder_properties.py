@@ -14,6 +14,7 @@ from frontend.errors import ProtocolError
 from frontend.incoming import IncomingDispatcher
 from frontend.keys import Keys
 from frontend.protocol import Command, parse_command
+from frontend.room import Wakes
 from frontend.text import assert_safe_line
 
 FIELDS = ["type", "room", "text", "to", "cmd_id", "spec", "reason", "expires"]
@@ -129,7 +130,7 @@ def _dispatcher():
     dispatcher = IncomingDispatcher(link=None, ledger=ledger, registry=registry,
                                     outbox=outbox, counters=counters,
                                     settings=load_settings(env={}, overrides={"frontend_id": "prop"}),
-                                    frontend_id="prop", keys=Keys(""), tenants=_Tenants())
+                                    frontend_id="prop", keys=Keys(""), tenants=_Tenants(), wakes=Wakes())
     return dispatcher, registry, outbox, counters
 
 
