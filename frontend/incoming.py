@@ -237,7 +237,7 @@ class IncomingDispatcher(Service):
                 registry.add(command.room, command.spec, command.spec_json)
                 self._ledger.ack(command.seq)  # written after the registry entry, in the same batch
             else:
-                if command.spec_json != room.spec_json:
+                if not room.has_spec(command.spec_json):
                     registry.record(command.room, command.spec_json)
                 room.submit(command)
         elif room is None:

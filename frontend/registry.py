@@ -31,7 +31,7 @@ from .counters import Counters
 from .errors import GreenroomError, ProtocolError
 from .keys import Keys
 from .protocol import Spec, decode, parse_spec
-from .room import Room, RoomContext
+from .room import Room, RoomContext, RoomGreenlet
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class RoomRegistry:
         self._seal, self._open = seal, open_spec
         self.rooms: dict[str, Room] = {}
         self.group = gevent.pool.Group()
+        self.group.greenlet_class = RoomGreenlet  # each with its room: one crash link for all (``_crashed``)
         #: True once every room of the ``rooms`` hash was started (for /readyz and READY=1)
         self.loaded = False
         self._stopping = False
@@ -215,14 +216,16 @@ class RoomRegistry:
             self.finish_move(room.id)
 
     def _start(self, room: Room) -> None:
-        greenlet = self.group.spawn(room.run)
+        greenlet = self.group.spawn(Room.run, room)
+        greenlet.room = room
         greenlet.name = f"room {room.id}"
-        greenlet.link_exception(lambda g, r=room: self._crashed(r, g))
+        greenlet.link_exception(self._crashed)
         room.greenlet = greenlet
 
-    def _crashed(self, room: Room, greenlet: gevent.Greenlet) -> None:
+    def _crashed(self, greenlet: RoomGreenlet) -> None:
         if isinstance(greenlet.exception, gevent.GreenletExit):
             return
+        room = greenlet.room
         self._counters["room_crashes"] += 1
         log.error("room %s: greenlet died: %r", room.id, greenlet.exception,
                   exc_info=greenlet.exc_info if greenlet.exc_info and greenlet.exc_info[0] else None)

@@ -61,9 +61,10 @@ def queue_handoff(n: int = N) -> float:
 def room_wakeup(n: int = N) -> float:
     """The same hand-off as ``Room`` makes it (session 8): the command put in the room's gevent queue,
     and the greenlet parked in the hub on an empty queue switched back into by one hub callback
-    (``frontend.room._resume``) instead of a ``get()`` that waits (a Waiter, a getters entry, an unlock)."""
-    from frontend.room import _resume
-    q = gevent.queue.UnboundQueue()
+    (``frontend.room._resume``) instead of a ``get()`` that waits (a Waiter, a getters entry, an unlock);
+    the room's queue lets its deque go before it parks (``RoomQueue.idle``, session 9)."""
+    from frontend.room import RoomQueue, _resume
+    q = RoomQueue()
     hub = gevent.get_hub()
     parked: list = [None]
     count = 0
@@ -72,6 +73,7 @@ def room_wakeup(n: int = N) -> float:
         nonlocal count
         while count < n:
             if not q.qsize():
+                q.idle()
                 parked[0] = gevent.getcurrent()
                 hub.switch()
                 continue

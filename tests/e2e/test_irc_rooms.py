@@ -210,6 +210,22 @@ def test_join_with_a_new_spec_moves_the_room(fe, redis_client, events, ngircd, i
     assert second.encode() in redis_client.hget("rooms", room)
 
 
+def test_join_with_the_same_spec_in_another_key_order_stays_in_the_channel(fe, redis_client, events, ngircd,
+                                                                          irc_client):
+    """A room keeps its spec as canonical JSON text (``protocol.spec_text``): a join whose spec has the
+    same fields in another order is the same spec, so the room only repeats ``joined``, never parts."""
+    room, nick, chan = uniq("r"), uniq("bot"), "#" + uniq("same")
+    watcher = irc_client(uniq("watch"))
+    watcher.join(chan)
+    join(redis_client, events, ngircd, room, chan, nick=nick)
+    spec = irc_spec(ngircd, chan, nick=nick)
+    push(redis_client, {"type": "join", "room": room, "spec": dict(reversed(list(spec.items())))},
+         {"type": "say", "room": room, "text": "after the second join"})
+    assert events.wait(type="joined", room=room)["channel"] == chan
+    watcher.expect(rf":{nick}!\S+ PRIVMSG {re.escape(chan)} :after the second join")
+    assert not [ln for ln in watcher.lines if re.search(rf":{nick}!\S+ (PART|QUIT)", ln)]
+
+
 def test_rooms_share_a_connection_and_events_go_to_their_list(fe, redis_client, events, ngircd, irc_client):
     nick = uniq("bot")
     a, b = uniq("r"), uniq("r")

@@ -61,3 +61,26 @@ def test_a_crashed_outgoing_dispatcher_is_restarted_and_reported(redis_url, redi
         assert len(crashes) == 3 and all(r.exc_info for r in crashes)
         code, body = fe.metrics.health.health()
         assert code == 200 and body["ok"] is True
+
+
+def test_a_crashed_room_greenlet_is_restarted_with_its_queue(redis_url, redis_client, ngircd, caplog):
+    """A room's greenlet that dies of an unexpected error (here: raised into it while it is parked) is
+    counted, logged with the room id, and started again with the same queue: the commands that came
+    while it was down are answered, in order, by the new greenlet; the room never left the channel."""
+    events = EventLog(redis_client)
+    with running_frontend(redis_url, frontend_id="sup-room") as fe:
+        push(redis_client, {"type": "join", "room": "crashy", "spec": irc_spec(ngircd, "#crashy", nick="crashbot")})
+        events.wait(type="joined", room="crashy")
+        room = fe.registry.get("crashy")
+        first, session = room.greenlet, room.session
+        first.kill(RuntimeError("a bug in a room"), block=False)
+        wait_until(lambda: first.dead, 5, what="the room's greenlet ended")
+        assert fe.counters["room_crashes"] == 1
+        push(redis_client, *[{"type": "ping", "room": "crashy", "cmd_id": f"c{i}"} for i in range(5)])
+        got = [events.wait(timeout=15, type="pong", room="crashy")["cmd_id"] for _ in range(5)]
+        assert got == [f"c{i}" for i in range(5)]
+        assert room.greenlet is not first and not room.greenlet.dead
+        assert fe.registry.get("crashy") is room and room.session is session and session.connected
+        crashes = [r for r in caplog.records if "greenlet died" in r.getMessage()]
+        assert len(crashes) == 1 and "crashy" in crashes[0].getMessage()
+        assert not events.find(type="parted", room="crashy")

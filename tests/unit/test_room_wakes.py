@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 import gevent
+import gevent.queue
 import pytest
 
 from frontend.config import load_settings
@@ -123,3 +124,31 @@ def test_shutdown_wakes_a_parked_room_which_then_ends(rooms):
     made[2].shutdown()
     made[2].greenlet.join(1)
     assert made[2].greenlet.dead and made[2].greenlet.exception is None
+
+
+def test_a_parked_room_holds_no_deque_and_its_queue_keeps_every_command_in_order(rooms):
+    """``RoomQueue``: gevent's Queue (the design's), its deque only while it has commands."""
+    made, session, _ = rooms
+    room = made[2]
+    assert isinstance(room.queue, gevent.queue.Queue)
+    assert room.queue.queue == () and room.queue.qsize() == 0  # parked: nothing held
+    with pytest.raises(gevent.queue.Empty):
+        room.queue.get_nowait()
+    chained = []
+
+    def submit(r, command):  # a command that queues another one while the room handles it
+        session.handled.append((r.id, command.text, gevent.getcurrent()))
+        if command.text.startswith("chain") and len(chained) < 3:
+            chained.append(command.text)
+            r.submit(_say(r, f"chain{len(chained)}"))
+
+    session.submit = submit
+    for i in range(1000):
+        room.submit(_say(room, f"c{i}"))
+    assert room.queue.qsize() == 1000 and len(room.queue.queue) == 1000
+    room.submit(_say(room, "chain0"))
+    gevent.sleep(0)
+    gevent.sleep(0)
+    texts = [text for rid, text, _ in session.handled if rid == room.id]
+    assert texts == [f"c{i}" for i in range(1000)] + ["chain0", "chain1", "chain2", "chain3"]
+    assert room._parked is room.greenlet and room.queue.queue == ()
