@@ -15,12 +15,14 @@ concept, with the server's lines dispatched to them by name from one table (``DI
                        rooms past a channel limit moved, channels re-keyed
     base.SessionBase   the reconnect loop with backoff, drop reporting, close with drain
 
-Greenlets per connection: none while a plain connection is up. ``main`` connects and sends the
-registration, then ends: from then on a hub callback reads the socket (``_readable``, an io watcher:
-about 0.3 KB, where a parked reader greenlet cost about 8 KB), handles the lines (registration,
-channels, PONGs) and, when the connection ends, starts ``main`` again to back off and reconnect
-(``SessionBase._served_ended``). A TLS connection keeps ``main`` as its reader (a TLS record may need
-a write, and what the TLS layer buffered does not show on the file descriptor). The rooms' lines
+Greenlets per connection: none while a connection is up. ``main`` connects (the TLS handshake
+too) and sends the registration, then ends: from then on a hub callback reads the socket
+(``_readable``, an io watcher: about 0.3 KB, where a parked reader greenlet cost about 8 KB), handles
+the lines (registration, channels, PONGs) and, when the connection ends, starts ``main`` again to back
+off and reconnect (``SessionBase._served_ended``). TLS is read the same way through the TLS layer's
+non-blocking read: what it decrypted already but a turn left unread does not show on the descriptor,
+so a callback reads it on (``_more_later``), and a read that must write first waits for the socket to
+be writable (``_read_when_writable``). The rooms' lines
 queued in one turn of the hub's loop are written by one hub callback (``_flush``: one non-blocking
 write of everything queued, no greenlet woken); ``writer`` takes over what that cannot finish (a
 socket that took only part of the write, a flood-control token to wait for, the speak gate, TLS,
@@ -50,13 +52,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 from operator import attrgetter
 from typing import Any, Callable, Iterable, Optional
 
 import gevent
 import gevent.event
-from gevent import GreenletExit
 
 from ..config import Settings
 from ..counters import Counters
@@ -65,8 +67,7 @@ from ..logs import Throttle
 from ..protocol import Command, IrcSpec, Spec
 from ..text import assert_safe_line
 from . import tls
-from .base import (TURN_PAUSE, ConnectionLost, EventsBuffer, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate,
-                   give_turn)
+from .base import TURN_PAUSE, ConnectionLost, EventsBuffer, LoginFailed, RoomLink, Seat, SessionBase, SpeakGate
 from .irc_channels import IrcChannels
 from .irc_delivery import DeliveryTracker
 from .irc_flood import flood_disconnect
@@ -130,6 +131,18 @@ def set_within(event: gevent.event.Event, timeout: float) -> bool:
     return event.is_set()
 
 
+def _tls_read(tls_layer: "ssl._SSLSocket") -> bytes:  # type: ignore[name-defined]
+    """One non-blocking read through a TLS layer (the ``_sslobj`` of gevent's SSL socket, whose own
+    ``recv`` would wait): up to one record's bytes; b"" at the end, a close_notify or the TCP
+    connection's end without one (what gevent's socket reports with its ``suppress_ragged_eofs``).
+    Raises ``ssl.SSLWantReadError`` when it has nothing yet, ``ssl.SSLWantWriteError`` when it must
+    write first."""
+    try:
+        return tls_layer.read(65536)
+    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+        return b""
+
+
 def _shut_down(sock: socket.socket) -> None:
     """End the TCP connection under any TLS layer, so that a ``recv`` blocked on it returns.
     (An SSL socket's own ``shutdown`` drops its TLS object first, and the reader then fails with a
@@ -150,7 +163,7 @@ class IrcSession(SessionBase):
                  "info", "fold", "_nick", "_folded_nick", "_pace_events", "_urgent", "_sock", "_writer",
                  "_last_read", "_ping_sent_at", "_liveness", "_lost_reason", "facts", "_rehome",
                  "_written", "_confirmed", "_first_write_at", "_flood_seen", "_flush_cb", "_linger",
-                 "_backlog", "_lines", "_reading", "_turn")
+                 "_backlog", "_lines", "_reading", "_turn", "_tls")
 
     def __init__(self, spec: IrcSpec, *, settings: Settings, counters: Counters,
                  pace_connect: Callable[[str], None], index: int = 0, label: Optional[str] = None,
@@ -206,6 +219,8 @@ class IrcSession(SessionBase):
         self._lines: Optional[LineReader] = None
         self._reading: Any = None
         self._turn: Any = None
+        #: the TLS layer of the connection read from the hub (gevent's SSL socket's ``_sslobj``), or None
+        self._tls: Any = None
         self._start()
 
     # ------------------------------------------------------------------ ChatSession (room greenlets)
@@ -424,10 +439,6 @@ class IrcSession(SessionBase):
     # ------------------------------------------------------------------------------- main greenlet
     def _session_once(self) -> bool:
         self._connect()
-        if self.spec.tls:  # type: ignore[union-attr]
-            # TLS is read by this greenlet: a record may need a write, and what the TLS layer has
-            # buffered does not show on the socket's file descriptor
-            self._read_loop()
         self._read_from_hub()
         return True
 
@@ -500,36 +511,6 @@ class IrcSession(SessionBase):
             if not seat.live and line.command is not None:
                 report_unsent(seat.room, [line])
 
-    def _read_loop(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        reader = LineReader()
-        handle = self._handle_line
-        pace_events = self._pace_events
-        lines_left, bytes_left = TURN_LINES, TURN_BYTES
-        while True:
-            data = sock.recv(65536)
-            _ack_now(sock)
-            if not data:
-                raise ConnectionLost(self._lost_reason or "the server closed the connection")
-            if pace_events is not None:
-                pace_events.wait_for_room()  # the outgoing buffer is full: leave the rest with the server
-            for line in self._read_lines(reader, data):
-                try:
-                    handle(line)
-                except (ConnectionLost, GreenletExit):
-                    raise
-                except Exception:  # one odd line must never take the connection down
-                    log.exception("irc %s: could not handle the line %r", self.label, line[:200])
-                lines_left -= 1
-                if not lines_left:
-                    lines_left = TURN_LINES
-                    give_turn()  # let the other connections and rooms have their turn
-            bytes_left -= len(data)
-            if bytes_left <= 0:
-                bytes_left = TURN_BYTES
-                give_turn()
-
     # ----------------------------------------------------------------------- reading from the hub
     def _read_from_hub(self) -> None:
         """From now on hub callbacks read the connection (``_readable``); it ends by
@@ -537,12 +518,13 @@ class IrcSession(SessionBase):
         sock = self._sock
         assert sock is not None
         self._lines = LineReader()
+        self._tls = getattr(sock, "_sslobj", None)
         self._reading = gevent.get_hub().loop.io(sock.fileno(), 1)
         self._reading.start(self._readable, sock)
 
     def _stop_reading(self) -> None:
         reading, turn = self._reading, self._turn
-        self._reading = self._turn = self._lines = None
+        self._reading = self._turn = self._lines = self._tls = None
         if reading is not None:
             reading.close()
         if turn is not None:
@@ -557,20 +539,28 @@ class IrcSession(SessionBase):
         more (as a reader greenlet would, without a trip through the loop per read) or
         ``TURN_BYTES`` were read; a read's lines are handled up to ``TURN_LINES`` at a time
         (``_handle_lines`` goes on with the rest after the other connections had their turn).
-        While the outgoing buffer is full nothing is read."""
+        While the outgoing buffer is full nothing is read. TLS is read the same way, through the
+        TLS layer's non-blocking read (``_tls_read``)."""
         buffer = self._pace_events
         bytes_left = TURN_BYTES
+        tls_layer = self._tls
         while sock is self._sock:
             if buffer is not None and buffer.full():
                 self._hold_reading(buffer)  # leave the rest with the server
                 return
             try:
-                # gevent's socket would wait (switch) when there is nothing to read: the
-                # non-blocking socket under it says so instead
-                data = sock._sock.recv(65536)  # type: ignore[attr-defined]
-            except (BlockingIOError, InterruptedError):
+                if tls_layer is not None:
+                    data = _tls_read(tls_layer)
+                else:
+                    # gevent's socket would wait (switch) when there is nothing to read: the
+                    # non-blocking socket under it says so instead
+                    data = sock._sock.recv(65536)  # type: ignore[attr-defined]
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 return
-            except OSError as exc:
+            except ssl.SSLWantWriteError:
+                self._read_when_writable(sock)
+                return
+            except OSError as exc:  # ssl.SSLError among them: a TLS failure ends the connection
                 self._end_served(exc)
                 return
             _ack_now(sock._sock)  # type: ignore[attr-defined]  # (no gevent wrapper call)
@@ -582,9 +572,42 @@ class IrcSession(SessionBase):
             if lines and not self._handle_lines(sock, lines, 0):
                 return  # the turn is over (or the connection ended)
             bytes_left -= len(data)
-            if bytes_left <= 0 or len(data) < 65536:
-                # the turn is over, or the socket likely has no more: the loop calls again if it has
+            if bytes_left <= 0:
+                self._more_later(sock)  # the turn is over
                 return
+            if len(data) < 65536 and tls_layer is None:
+                return  # the socket likely has no more: the loop calls again if it has
+            # (a TLS read returns one record, at most 16 KB: read on until the layer wants more)
+
+    def _more_later(self, sock: socket.socket) -> None:
+        """Reading stopped for a turn while the TLS layer may hold what it decrypted already, which
+        the descriptor's watcher does not see: a callback reads on after the others had their
+        turn. (Plain sockets: what is left is in the kernel, and the watcher calls again.)"""
+        tls_layer = self._tls
+        if tls_layer is not None and tls_layer.pending():
+            gevent.get_hub().loop.run_callback(self._read_pending, sock)
+
+    def _read_pending(self, sock: socket.socket) -> None:
+        reading = self._reading
+        if sock is self._sock and reading is not None and reading.active:
+            self._readable(sock)
+
+    def _read_when_writable(self, sock: socket.socket) -> None:
+        """The TLS layer must write before it reads on (the answer to a key update, say) and the
+        socket takes no more now: reading waits for the socket to be writable (one io watcher),
+        not for it to be readable, which could call back at once, again and again."""
+        self._reading.stop()
+        wait = self._turn = gevent.get_hub().loop.io(sock.fileno(), 2)
+        wait.start(self._writable_again, sock)
+
+    def _writable_again(self, sock: socket.socket) -> None:
+        wait, self._turn = self._turn, None
+        if wait is not None:
+            wait.close()
+        reading = self._reading
+        if sock is self._sock and reading is not None:
+            reading.start(self._readable, sock)
+            self._readable(sock)
 
     def _handle_lines(self, sock: socket.socket, lines: list[str], start: int) -> bool:
         """Handle ``lines[start:]`` in the hub, ``TURN_LINES`` at a time: past them the reading
@@ -611,6 +634,7 @@ class IrcSession(SessionBase):
             return False
         if not reading.active:
             reading.start(self._readable, sock)
+            self._more_later(sock)
         return True
 
     def _hold_reading(self, buffer: EventsBuffer) -> None:
@@ -623,6 +647,7 @@ class IrcSession(SessionBase):
         reading = self._reading
         if reading is not None and self._turn is None and not reading.active:
             reading.start(self._readable, self._sock)
+            self._more_later(self._sock)
 
     def _end_served(self, exc: BaseException) -> None:
         """The connection read from the hub ended: no more reading; the main greenlet cleans up,

@@ -3,13 +3,16 @@
     .venv/bin/python -m tests.bench.memory_probe --rooms 1000             # own connections
     .venv/bin/python -m tests.bench.memory_probe --rooms 10000 --nicks 10  # shared connections
     .venv/bin/python -m tests.bench.memory_probe --rooms 1000 --trace      # + tracemalloc by file/line
+    .venv/bin/python -m tests.bench.memory_probe --rooms 2000 --tls        # over TLS (InspIRCd's own)
     MEMPROBE_CODE=/path/to/other/checkout ...                              # measure another build
 
 ``--nicks 0``: every room its own connection (nick b<k>); C>0: rooms over C nicks (s<k mod C>),
 ``channels_per_connection`` = ceil(N/C). Prints one JSON line (RSS per room, the live greenlets added
 and their saved C stacks), then the tracemalloc tables with ``--trace``. tracemalloc does not see a
 greenlet's Python data stack (one 4 KB page per greenlet that ran Python code), so its total is below
-the RSS figure. Not a pytest module; ngircd is fine here (no traffic is measured).
+the RSS figure. Not a pytest module; ngircd is fine here (no traffic is measured). ``--tls``: InspIRCd
+with its TLS client port (ssl_gnutls) and a private test CA instead, each room's spec ``tls`` with
+``tls_ca``.
 """
 from gevent import monkey
 monkey.patch_all()
@@ -31,7 +34,9 @@ import gevent  # noqa: E402
 import greenlet  # noqa: E402
 import redis  # noqa: E402
 
+from tests.support.inspircd import InspircdServer
 from tests.support.servers import NgircdServer, RedisServer, kill_all
+from tests.support.tls import TestPKI
 from frontend.config import Settings
 from frontend.app import Frontend
 
@@ -39,6 +44,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--rooms", type=int, required=True)
 ap.add_argument("--nicks", type=int, default=0)
 ap.add_argument("--trace", action="store_true")
+ap.add_argument("--tls", action="store_true", help="InspIRCd's TLS port, a private CA (instead of ngircd)")
 ap.add_argument("--frames", type=int, default=6)
 ap.add_argument("--connect-rate", type=float, default=200.0)
 ap.add_argument("--top", type=int, default=25)
@@ -67,8 +73,14 @@ def greenlet_census(stacks=None):
 workdir = tempfile.mkdtemp(prefix="memprobe-")
 os.chmod(workdir, 0o755)
 redis_srv = RedisServer(os.path.join(workdir, "redis")).start()
-irc = NgircdServer(os.path.join(workdir, "ngircd")).start()
-out = {"code": CODE, "rooms": args.rooms, "nicks": args.nicks, "trace": args.trace}
+if args.tls:
+    pki = TestPKI(os.path.join(workdir, "pki"))
+    irc = InspircdServer(os.path.join(workdir, "inspircd"), tls=pki.server).start()
+    tls_fields = {"tls": True, "tls_ca": pki.ca_file, "port": irc.tls_port}
+else:
+    irc = NgircdServer(os.path.join(workdir, "ngircd")).start()
+    tls_fields = {"tls": False, "port": irc.port}
+out = {"code": CODE, "rooms": args.rooms, "nicks": args.nicks, "trace": args.trace, "tls": args.tls}
 try:
     per = -(-args.rooms // args.nicks) if args.nicks else 50
     settings = Settings(redis_url=redis_srv.url, frontend_id="memprobe", metrics_addr="",
@@ -97,8 +109,7 @@ try:
         pipe = r.pipeline(transaction=False)
         for k in range(start, min(args.rooms, start + 1000)):
             nick = f"s{k % args.nicks}" if args.nicks else f"b{k}"
-            spec = {"protocol": "irc", "server": irc.host, "port": irc.port, "tls": False,
-                    "nick": nick, "channel": f"#r{k}"}
+            spec = {"protocol": "irc", "server": irc.host, **tls_fields, "nick": nick, "channel": f"#r{k}"}
             pipe.rpush("control", json.dumps({"type": "join", "room": f"r{k}", "spec": spec}))
         pipe.execute()
     deadline = time.monotonic() + 60 + args.rooms / args.connect_rate * 1.5
@@ -107,7 +118,7 @@ try:
         if states.get("joined", 0) >= args.rooms:
             break
         if time.monotonic() > deadline:
-            raise SystemExit(f"timeout: {dict(states)}; ngircd log: {irc.log_tail(5)}")
+            raise SystemExit(f"timeout: {dict(states)}; IRC server log: {irc.log_tail(5)}")
         gevent.sleep(0.2)
     out["join_s"] = round(time.monotonic() - t0, 2)
     gevent.sleep(2.0)  # settle, as the bench does

@@ -16,6 +16,7 @@ from gevent.server import StreamServer
 
 from tests.support.events import EventLog
 from tests.support.frontend import push, running_frontend
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -82,3 +83,38 @@ def test_an_unverifiable_certificate_is_refused(redis_url, redis_client, tls_fro
         state = redis_client.hget("rooms:state", "tlsbad").decode()
         assert re.search(r"CERTIFICATE_VERIFY_FAILED|certificate verify failed", state), state
         assert fe.rooms["tlsbad"].state == "backoff"
+
+
+def test_a_tls_connection_is_read_from_the_hub_and_holds_no_greenlet(redis_url, redis_client, tls_front,
+                                                                      irc_client):
+    """TLS is read by an io watcher callback through the TLS layer's non-blocking read, as a plain
+    connection is (a parked reader greenlet cost about 8 KB): connected and joined, the session's main
+    greenlet has ended and its writer lingers out; 2,000 lines (220 KB of TLS records) arrive in
+    order; and a read that must write first (what the TLS layer asks for when it has to answer before
+    it reads on) waits for the socket to be writable, then reads on."""
+    events = EventLog(redis_client)
+    watcher = irc_client("tlshubw")
+    watcher.join("#tlshub")
+    with running_frontend(redis_url) as fe:
+        push(redis_client, {"type": "join", "room": "tlshub",
+                            "spec": spec(tls_front.server_port, "tlshubbot", "#tlshub", False)})
+        events.wait(type="joined", room="tlshub")
+        session = fe.registry.get("tlshub").session
+        wait_until(lambda: session._main.dead and session._reading is not None and session._reading.active,
+                   5, what="the TLS connection read from the hub")
+        assert session._tls is not None
+        wait_until(lambda: session._writer is None, 8, what="the writer lingered out: no greenlet left")
+        for i in range(2000):
+            watcher.send_raw(f"PRIVMSG #tlshub :line {i:05d} " + "x" * 90)
+        got = [e["text"] for e in events.wait_many(2000, timeout=60, type="message", room="tlshub")]
+        assert got == [f"line {i:05d} " + "x" * 90 for i in range(2000)]
+        # each read takes a whole record, so the layer holds nothing decrypted between reads and the
+        # descriptor's watcher sees all there is (``_more_later`` reads on where that would not hold)
+        assert session._tls.pending() == 0
+        session._read_when_writable(session._sock)
+        assert not session._reading.active and session._turn is not None
+        watcher.privmsg("#tlshub", "after waiting to write")
+        assert events.wait(type="message", room="tlshub")["text"] == "after waiting to write"
+        assert session._turn is None and session._reading.active
+        push(redis_client, {"type": "say", "room": "tlshub", "text": "still talking"})
+        watcher.expect(r":tlshubbot!\S+ PRIVMSG #tlshub :still talking$")
