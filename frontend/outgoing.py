@@ -67,8 +67,6 @@ class OutgoingDispatcher(Service):
         self._throttle = Throttle(log, counter=counters)
         self.last_error: str | None = None
         self.redis_ok_at = 0.0
-        self._space = gevent.event.Event()
-        self._space.set()
         #: what readers held by a full buffer gave ``when_room``: called once it has room again
         self._room_waiters: list[Callable[[], None]] = []
         #: set while nothing waits to be written
@@ -116,7 +114,7 @@ class OutgoingDispatcher(Service):
         self.wake.set()
 
     def full(self) -> bool:
-        """Past the high-water mark while Redis answers: readers should wait (``wait_for_room``)."""
+        """Past the high-water mark while Redis answers: readers should stop (``when_room``)."""
         return len(self._events) >= self.high_water and not self._failing and not self.stopping.is_set()
 
     def when_room(self, callback: Callable[[], None]) -> None:
@@ -128,7 +126,6 @@ class OutgoingDispatcher(Service):
 
     def _has_room(self) -> None:
         """The buffer has room (or Redis is down, or stopping): readers go on."""
-        self._space.set()
         if not self._room_waiters:  # (after every batch: nothing to swap, nothing allocated)
             return
         waiters, self._room_waiters = self._room_waiters, []
@@ -137,17 +134,6 @@ class OutgoingDispatcher(Service):
                 callback()
             except Exception:  # one reader must not keep the others waiting
                 log.exception("a chat reader could not resume")
-
-    def wait_for_room(self) -> None:
-        """Backpressure for chat readers: while Redis is answering but the buffer is past its
-        high-water mark, wait for it to drain (the chat server holds what we do not read). While
-        Redis is down nothing waits here: events go to the bounded buffer instead."""
-        if self.full():
-            self._counters["reads_held"] += 1
-        while self.full():
-            self._space.clear()
-            self.wake.set()
-            self._space.wait(1.0)
 
     def dead_letter(self, item: bytes, key: str | None = None) -> None:
         """Push a dead letter (``protocol.dead_letter``) to ``control:dead`` (or ``key``: a scoped

@@ -57,11 +57,8 @@ class EventsBuffer(Protocol):
     def full(self) -> bool:
         """True while readers should not read (never blocks)."""
 
-    def wait_for_room(self) -> None:
-        """Block while ``full()`` (a reader greenlet)."""
-
     def when_room(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once when no longer ``full()`` (a reader in the hub, which must not block)."""
+        """Call ``callback`` once when no longer ``full()`` (the readers are in the hub and must not block)."""
 
 
 class Seat:

@@ -144,9 +144,9 @@ def _tls_read(tls_layer: "ssl._SSLSocket") -> bytes:  # type: ignore[name-define
 
 
 def _shut_down(sock: socket.socket) -> None:
-    """End the TCP connection under any TLS layer, so that a ``recv`` blocked on it returns.
-    (An SSL socket's own ``shutdown`` drops its TLS object first, and the reader then fails with a
-    ValueError instead of a socket error.)"""
+    """End the TCP connection under any TLS layer: the hub's read of it (``_readable``) then sees the
+    end, and the main greenlet backs off and reconnects. (An SSL socket's own ``shutdown`` drops its
+    TLS object first, and a read then fails with a ValueError instead of a socket error.)"""
     try:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
@@ -694,7 +694,7 @@ class IrcSession(SessionBase):
         if not self.registered:
             self._lost_reason = f"registration did not finish within {settings.connect_timeout:g}s"
             self._liveness = None
-            _shut_down(sock)  # the blocked recv returns and the main greenlet backs off
+            _shut_down(sock)  # the read from the hub sees the end: the main greenlet backs off
             return
         now = time.monotonic()
         if self._ping_sent_at:
@@ -703,7 +703,7 @@ class IrcSession(SessionBase):
             elif now - self._ping_sent_at >= settings.ping_timeout:
                 self._lost_reason = f"no answer to PING within {settings.ping_timeout:g}s"
                 self._liveness = None
-                _shut_down(sock)  # the blocked recv returns and the reader reconnects
+                _shut_down(sock)  # the read from the hub sees the end: the main greenlet reconnects
                 return
             else:
                 self._schedule_liveness(self._ping_sent_at + settings.ping_timeout - now)
@@ -779,7 +779,7 @@ class IrcSession(SessionBase):
                     sent = 0
                 except OSError as exc:
                     log.info("irc %s: write failed: %s", self.label, exc)
-                    _shut_down(sock)  # wakes the reader, which reconnects (and sends them again)
+                    _shut_down(sock)  # the connection starts over (and sends them again)
                     return
                 if sent < len(buf):
                     self._backlog = buf[sent:]
@@ -806,7 +806,7 @@ class IrcSession(SessionBase):
                         if not confirm_later:
                             queue.put_front(taken)
                         log.info("irc %s: write failed: %s", self.label, exc)
-                        _shut_down(sock)  # wakes the reader, which reconnects
+                        _shut_down(sock)  # the connection starts over
                         return
                 if not confirm_later:
                     delivery.written_all(taken)

@@ -23,7 +23,6 @@ import gc
 import socket
 
 import gevent
-import gevent.event
 import greenlet
 import pytest
 
@@ -47,17 +46,11 @@ class FillableBuffer:
 
     def __init__(self) -> None:
         self.is_full = False
-        self.has_room = gevent.event.Event()
-        self.has_room.set()
         self.waiters: list = []
         self.waits = 0
 
     def full(self) -> bool:
         return self.is_full
-
-    def wait_for_room(self) -> None:  # a reader greenlet's (TLS)
-        self.waits += 1
-        self.has_room.wait()
 
     def when_room(self, callback) -> None:  # a reader in the hub's
         self.waits += 1
@@ -65,11 +58,9 @@ class FillableBuffer:
 
     def fill(self) -> None:
         self.is_full = True
-        self.has_room.clear()
 
     def drain(self) -> None:
         self.is_full = False
-        self.has_room.set()
         waiters, self.waiters = self.waiters, []
         for callback in waiters:
             callback()
