@@ -314,14 +314,15 @@ class Room:
     def _on_join(self, command: Command) -> None:
         assert self.session is not None
         assert command.spec is not None and command.spec_json is not None
-        if self.has_spec(command.spec_json):
+        text = protocol.spec_text(command.spec_json)
+        if text == self.spec_text:
             if self.state == "joined":
                 self.emit("joined", nick=self.session.nick_for(self),
                           channel=getattr(self.spec, "channel", None) or getattr(self.spec, "muc", None))
         else:
             log.info("room %s: moving to a new spec", self.id)
             self.session.detach(self, "moving")
-            self.spec, self.spec_text = command.spec, protocol.spec_text(command.spec_json)
+            self.spec, self.spec_text = command.spec, text
             self._events_key = self._events_key_for(self.spec)
             self._head = protocol.event_head(self.id, self.spec.protocol, self.spec.tenant)
             self._attach()

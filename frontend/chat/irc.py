@@ -579,6 +579,12 @@ class IrcSession(SessionBase):
                 return  # the socket likely has no more: the loop calls again if it has
             # (a TLS read returns one record, at most 16 KB: read on until the layer wants more)
 
+    def _read_on(self, sock: socket.socket) -> None:
+        """Reading was paused (a turn's lines, a full buffer): the watcher again, and what the TLS
+        layer may hold already (``_more_later``)."""
+        self._reading.start(self._readable, sock)
+        self._more_later(sock)
+
     def _more_later(self, sock: socket.socket) -> None:
         """Reading stopped for a turn while the TLS layer may hold what it decrypted already, which
         the descriptor's watcher does not see: a callback reads on after the others had their
@@ -633,8 +639,7 @@ class IrcSession(SessionBase):
             turn.start(self._handle_lines, sock, lines, end)
             return False
         if not reading.active:
-            reading.start(self._readable, sock)
-            self._more_later(sock)
+            self._read_on(sock)
         return True
 
     def _hold_reading(self, buffer: EventsBuffer) -> None:
@@ -646,8 +651,7 @@ class IrcSession(SessionBase):
     def _resume_reading(self) -> None:
         reading = self._reading
         if reading is not None and self._turn is None and not reading.active:
-            reading.start(self._readable, self._sock)
-            self._more_later(self._sock)
+            self._read_on(self._sock)
 
     def _end_served(self, exc: BaseException) -> None:
         """The connection read from the hub ended: no more reading; the main greenlet cleans up,
