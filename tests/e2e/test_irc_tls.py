@@ -45,12 +45,15 @@ def tls_front(ngircd, tmp_path):
                     pass
 
     def handle(client, address):
+        accepted.append(client)  # the server's side of each TLS connection, for tests that break one
         upstream = socket.create_connection((ngircd.host, ngircd.port))
         gevent.joinall([gevent.spawn(pipe, client, upstream), gevent.spawn(pipe, upstream, client)])
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
+    accepted: list = []
     server = StreamServer(("127.0.0.1", 0), handle, ssl_context=context)
+    server.accepted = accepted
     server.start()
     yield server
     server.stop(timeout=1)
@@ -118,3 +121,36 @@ def test_a_tls_connection_is_read_from_the_hub_and_holds_no_greenlet(redis_url, 
         assert session._turn is None and session._reading.active
         push(redis_client, {"type": "say", "room": "tlshub", "text": "still talking"})
         watcher.expect(r":tlshubbot!\S+ PRIVMSG #tlshub :still talking$")
+
+
+def test_a_tls_connection_that_ends_or_breaks_is_read_from_the_hub_again(redis_url, redis_client, tls_front,
+                                                                         irc_client, caplog):
+    """The two ends a TLS connection read from the hub can meet, each made by the terminator: the TCP
+    connection ends without a close_notify (the TLS layer's ragged end, read as the end), and bytes
+    that are no TLS record arrive (the layer's error ends the connection). Each time the session
+    backs off, reconnects, rejoins, and the new connection is read from the hub again."""
+    events = EventLog(redis_client)
+    watcher = irc_client("tlsbrkw")
+    watcher.join("#tlsbrk")
+    with running_frontend(redis_url) as fe:
+        push(redis_client, {"type": "join", "room": "tlsbrk",
+                            "spec": spec(tls_front.server_port, "tlsbrkbot", "#tlsbrk", False)})
+        events.wait(type="joined", room="tlsbrk")
+        session = fe.registry.get("tlsbrk").session
+
+        def served() -> bool:
+            return session._main.dead and session._reading is not None and session._reading.active
+
+        wait_until(served, 5, what="the TLS connection read from the hub")
+        socket.socket.shutdown(tls_front.accepted[-1], socket.SHUT_RDWR)  # TCP's end, no close_notify
+        events.wait(timeout=15, type="joined", room="tlsbrk")
+        wait_until(served, 5, what="the new TLS connection read from the hub")
+        socket.socket.send(tls_front.accepted[-1], b"this is no TLS record\r\n")  # under the TLS layer
+        events.wait(timeout=15, type="joined", room="tlsbrk")
+        wait_until(served, 5, what="the third TLS connection read from the hub")
+        assert len(tls_front.accepted) == 3
+        lost = [r.getMessage() for r in caplog.records
+                if "tlsbrkbot" in r.getMessage() and "reconnecting" in r.getMessage()]
+        assert len(lost) == 2 and "the server closed the connection" in lost[0] and "SSL" in lost[1], lost
+        watcher.privmsg("#tlsbrk", "after two breaks")
+        assert events.wait(type="message", room="tlsbrk")["text"] == "after two breaks"
